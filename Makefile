@@ -1,0 +1,30 @@
+# Every command installs what it needs into .venv first (idempotent: redone only when the
+# package metadata changes), so each works on a fresh machine.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.kdiqa-installed
+
+.PHONY: quickstart test lint install clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# torch and torchvision pinned together: the only pair that installs and imports on these machines
+	$(BIN)/python -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+quickstart: $(STAMP)
+	$(BIN)/kdiqa run quickstart
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check kdiqa teachers students tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs data/mini .pytest_cache

@@ -1,0 +1,177 @@
+"""The ``kdiqa`` command line: one subcommand per stage, plus ``run`` to chain a recipe's stages.
+
+Expected user errors (KdiqaError) print one line, ``kdiqa: error: ...``, and exit 2; ``--debug``
+shows the traceback instead.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from kdiqa import __version__
+from kdiqa.errors import KdiqaError
+
+EXIT_USER_ERROR = 2
+
+
+def _common(parser: argparse.ArgumentParser, recipe: bool = True) -> None:
+    if recipe:
+        parser.add_argument("recipe", help="recipe YAML path, or a name under recipes/ (e.g. quickstart)")
+        parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. trainer.max_epochs=2")
+        parser.add_argument("-o", "--out", help="run folder (default: the recipe's `out`)")
+        parser.add_argument("--seed", type=int, help="seed for every RNG (default: the recipe's `seed`)")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+
+
+def _recipe(args: argparse.Namespace):
+    from kdiqa.config import load_recipe
+
+    overrides = list(args.overrides)
+    if args.out:
+        overrides.append(f"out={args.out}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    return load_recipe(args.recipe, overrides)
+
+
+def _print_table(rows: dict[str, dict[str, Any]]) -> None:
+    keys = ["srcc", "krcc", "plcc", "plcc_fitted", "rmse", "n"]
+    print(f"{'split':<8}" + "".join(f"{k:>12}" for k in keys))
+    for split, m in rows.items():
+        if isinstance(m, dict) and "srcc" in m:
+            print(f"{split:<8}" + "".join(f"{m[k]:>12.4f}" if isinstance(m[k], float) else f"{m[k]:>12}" for k in keys))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from kdiqa.run import prepare_run
+    from kdiqa.stages import STAGES, check_stages
+
+    recipe = _recipe(args)
+    stages = list(args.stages.split(",")) if args.stages else list(recipe.stages)
+    if not stages:
+        raise KdiqaError(f"{args.recipe}: the recipe names no stages (set `stages: [...]` or pass --stages)")
+    check_stages(stages)
+    run_dir = prepare_run(recipe)
+    for name in stages:
+        print(f"== stage {name} ({run_dir})", flush=True)
+        result = STAGES[name](recipe, run_dir)
+        if isinstance(result, dict) and any(isinstance(v, dict) and "srcc" in v for v in result.values()):
+            _print_table(result)
+    print(f"run folder: {run_dir}")
+    return 0
+
+
+def cmd_stage(name: str) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from kdiqa.run import prepare_run
+        from kdiqa.stages import STAGES
+
+        recipe = _recipe(args)
+        run_dir = prepare_run(recipe)
+        kwargs = {"checkpoint": args.checkpoint} if getattr(args, "checkpoint", None) else {}
+        result = STAGES[name](recipe, run_dir, **kwargs)
+        _print_table(result)
+        print(f"run folder: {run_dir}")
+        return 0
+
+    return run
+
+
+def cmd_data_info(args: argparse.Namespace) -> int:
+    from kdiqa.data.datamodule import IQADataModule
+
+    recipe = _recipe(args)
+    summary = IQADataModule(recipe.data, recipe.views).summary()
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_data_make_mini(args: argparse.Namespace) -> int:
+    from kdiqa.data.mini import make_mini
+
+    csv = make_mini(args.root, size=args.size, n_train=args.n_train, n_val=args.n_val, n_test=args.n_test, seed=args.seed)
+    print(f"mini dataset: {csv}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from kdiqa.registry import DATASETS, LOSSES, STUDENTS, TEACHERS
+
+    registries = {"teachers": TEACHERS, "students": STUDENTS, "datasets": DATASETS, "losses": LOSSES}
+    if args.what in registries:
+        print("\n".join(registries[args.what].names()))
+        return 0
+    if args.what == "teacher":
+        if not args.name:
+            raise KdiqaError("info teacher: name a teacher, e.g. `kdiqa info teacher dpiqa --preset tiny`")
+        builder = TEACHERS.get(args.name)
+        describe = getattr(builder, "describe", None)
+        if describe is None:
+            raise KdiqaError(f"teacher {args.name!r} cannot describe itself without being built")
+        print(json.dumps(describe(args.preset) if args.preset else describe(), indent=2))
+        return 0
+    raise KdiqaError(f"info: unknown topic {args.what!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kdiqa", description="Knowledge distillation for blind image quality assessment.")
+    parser.add_argument("--version", action="version", version=f"kdiqa {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the stages a recipe names, in order")
+    _common(p)
+    p.add_argument("--stages", help="comma-separated stages instead of the recipe's `stages`")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("fit-teacher", help="train the recipe's teacher on MOS (validation picks the checkpoint)")
+    _common(p)
+    p.set_defaults(func=cmd_stage("fit_teacher"))
+
+    p = sub.add_parser("eval", help="evaluate a saved model on each split (SRCC, KRCC, PLCC raw and fitted, RMSE)")
+    _common(p)
+    p.add_argument("--checkpoint", help="saved model folder (default: the run folder's teacher)")
+    p.set_defaults(func=cmd_stage("eval"))
+
+    data = sub.add_parser("data", help="datasets: summary, embedded mini dataset").add_subparsers(dest="data_cmd", required=True, metavar="ACTION")
+    p = data.add_parser("info", help="count, MOS range and splits of the recipe's dataset")
+    _common(p)
+    p.set_defaults(func=cmd_data_info)
+    p = data.add_parser("make-mini", help="build the embedded mini dataset from scikit-image's photographs")
+    _common(p, recipe=False)
+    p.add_argument("--root", default="data/mini", help="output folder (default: data/mini)")
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--n-train", type=int, default=6000)
+    p.add_argument("--n-val", type=int, default=600)
+    p.add_argument("--n-test", type=int, default=600)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_data_make_mini)
+
+    p = sub.add_parser("info", help="list registered components, or describe one")
+    _common(p, recipe=False)
+    p.add_argument("what", choices=["teachers", "students", "datasets", "losses", "teacher"])
+    p.add_argument("name", nargs="?", help="component name (for `info teacher`)")
+    p.add_argument("--preset", help="architecture preset (e.g. tiny, sd15)")
+    p.set_defaults(func=cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KdiqaError as exc:
+        if args.debug:
+            raise
+        print(f"kdiqa: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("kdiqa: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""The recipe schema: every key a recipe may set, its type and its default.
+
+OmegaConf checks types and unknown keys against these dataclasses when a recipe is merged onto them;
+each ``check(at)`` checks what types cannot express (choices, ranges) and names the key path ``at``
+it was reached by, so a bad recipe fails at load,
+before any model is built. Component-specific options (``data.options``, ``teacher.options``) are free
+dictionaries validated by the registered builder that receives them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+from omegaconf import MISSING
+
+from kdiqa.errors import ConfigError
+
+
+def _choice(path: str, value: Any, choices: tuple[Any, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(repr, choices))}")
+
+
+def _positive(path: str, value: float, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"{path}: must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
+
+
+@dataclass
+class SplitConfig:
+    policy: str = "auto"  # auto: the dataset's official split if it has one, else random
+    ratios: List[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])
+    seed: int = 0
+    repeat: int = 0  # index of the repeated random split (the field reports the median over N)
+
+    def check(self, at: str) -> None:
+        _choice(f"{at}.policy", self.policy, ("auto", "official", "random"))
+        if len(self.ratios) != 3 or any(r < 0 for r in self.ratios) or abs(sum(self.ratios) - 1) > 1e-6:
+            raise ConfigError(f"{at}.ratios: need three non-negative train/val/test ratios summing to 1, got {list(self.ratios)}")
+        _positive(f"{at}.repeat", self.repeat, allow_zero=True)
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING  # a registered dataset: `kdiqa data list`
+    root: Optional[str] = None  # the dataset's folder as the publisher ships it
+    on_bad_row: str = "error"
+    options: Dict[str, Any] = field(default_factory=dict)  # passed to the dataset loader
+    split: SplitConfig = field(default_factory=SplitConfig)
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    num_workers: int = 0
+
+    def check(self, at: str) -> None:
+        _choice(f"{at}.on_bad_row", self.on_bad_row, ("error", "skip"))
+        _positive(f"{at}.batch_size", self.batch_size)
+        _positive(f"{at}.eval_batch_size", self.eval_batch_size)
+        _positive(f"{at}.num_workers", self.num_workers, allow_zero=True)
+
+
+@dataclass
+class ViewConfig:
+    """How an image becomes a model input; the cache replays exactly these views for the student."""
+
+    size: int = 64  # square side in pixels after crop + resize
+    train_scale: List[float] = field(default_factory=lambda: [1.0, 1.0])  # crop area fraction range
+    train_ratio: List[float] = field(default_factory=lambda: [1.0, 1.0])  # crop aspect range
+    flip: bool = True  # random horizontal flip for training views
+
+    def check(self, at: str) -> None:
+        _positive(f"{at}.size", self.size)
+        for key in ("train_scale", "train_ratio"):
+            lo_hi = list(getattr(self, key))
+            if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
+                raise ConfigError(f"{at}.{key}: need [low, high] with 0 < low <= high, got {lo_hi}")
+        if self.train_scale[1] > 1:
+            raise ConfigError(f"{at}.train_scale: the high end must be <= 1, got {self.train_scale[1]}")
+
+
+@dataclass
+class LossTerm:
+    name: str = MISSING  # a registered loss: `kdiqa info losses`
+    weight: float = 1.0
+    options: Dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adam"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    scheduler: str = "none"
+    milestones: List[int] = field(default_factory=list)  # epochs, for multistep
+    gamma: float = 0.2  # multistep decay (official DP-IQA: 0.2)
+    warmup_epochs: int = 0
+
+    def check(self, at: str) -> None:
+        _choice(f"{at}.name", self.name, ("adam", "adamw", "sgd"))
+        _choice(f"{at}.scheduler", self.scheduler, ("none", "multistep", "cosine"))
+        _positive(f"{at}.lr", self.lr)
+        _positive(f"{at}.weight_decay", self.weight_decay, allow_zero=True)
+
+
+@dataclass
+class TrainerConfig:
+    """Passed to ``lightning.Trainer``: the Trainer owns loops, devices, precision and checkpoints."""
+
+    max_epochs: int = 30
+    max_steps: int = -1
+    max_time: Optional[str] = None  # "DD:HH:MM:SS", a wall-clock budget
+    accelerator: str = "auto"
+    devices: Any = "auto"
+    strategy: str = "auto"
+    precision: str = "32-true"  # "16-mixed" / "bf16-mixed" on a GPU
+    check_val_every_n_epoch: int = 1
+    val_check_interval: Optional[float] = None
+    log_every_n_steps: int = 10
+    gradient_clip_val: Optional[float] = None
+    limit_train_batches: Optional[float] = None
+    limit_val_batches: Optional[float] = None
+    logger: str = "csv"
+    progress_bar: bool = True
+    deterministic: bool = False
+
+    def check(self, at: str) -> None:
+        _choice(f"{at}.logger", self.logger, ("csv", "tensorboard", "none"))
+        _positive(f"{at}.log_every_n_steps", self.log_every_n_steps)
+
+
+@dataclass
+class FitConfig:
+    """Training a model on MOS labels (a teacher, or a label-only student)."""
+
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    losses: List[LossTerm] = field(default_factory=lambda: [LossTerm(name="mse")])
+    monitor: str = "val/srcc"  # the validation metric that picks the checkpoint (never test)
+    trainer: Dict[str, Any] = field(default_factory=dict)  # overrides of the top-level trainer section
+
+    def check(self, at: str) -> None:
+        _choice(f"{at}.monitor", self.monitor, ("val/srcc", "val/plcc", "val/krcc", "val/loss"))
+
+
+@dataclass
+class TeacherConfig:
+    name: str = "dpiqa"  # a registered teacher: `kdiqa info teachers`
+    options: Dict[str, Any] = field(default_factory=dict)  # passed to the teacher's builder
+    checkpoint: Optional[str] = None  # a saved kdiqa teacher folder; given → no fitting needed
+    fit: FitConfig = field(default_factory=FitConfig)
+
+
+@dataclass
+class Recipe:
+    base: List[str] = field(default_factory=list)  # recipes merged first, in order
+    name: str = "run"
+    seed: int = 0
+    out: str = "runs/${name}"
+    stages: List[str] = field(default_factory=list)  # what `kdiqa run` chains
+    data: DataConfig = field(default_factory=DataConfig)
+    views: ViewConfig = field(default_factory=ViewConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)

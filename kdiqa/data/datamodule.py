@@ -1,0 +1,134 @@
+"""From a recipe's data + views sections to DataLoaders.
+
+The dataset is resolved through the registry, split once, and every split is served through the same
+view sampler the cache uses, so a student can be fed exactly the views its teacher saw.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from kdiqa.config.schema import DataConfig, ViewConfig
+from kdiqa.data.images import load_image
+from kdiqa.data.sample import SPLITS, IQASample, LoadedDataset
+from kdiqa.data.splits import assign_splits, split_summary
+from kdiqa.data.views import ViewParams, ViewSampler
+from kdiqa.errors import ConfigError, DataError
+from kdiqa.registry import DATASETS
+
+
+def load_dataset(cfg: DataConfig) -> LoadedDataset:
+    """Resolve ``data.name`` through the registry and read the dataset in its official format."""
+    loader = DATASETS.get(cfg.name)
+    kwargs: dict[str, Any] = dict(cfg.options)
+    if cfg.root is not None:
+        kwargs["root"] = cfg.root
+    try:
+        return loader(on_bad_row=cfg.on_bad_row, **kwargs)
+    except TypeError as exc:
+        if exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
+            raise ConfigError(f"data.options: {exc} (dataset {cfg.name!r})") from None
+        raise
+
+
+def split_dataset(cfg: DataConfig, dataset: LoadedDataset) -> dict[str, list[IQASample]]:
+    samples = assign_splits(
+        dataset, ratios=tuple(cfg.split.ratios), seed=cfg.split.seed, repeat=cfg.split.repeat, policy=cfg.split.policy
+    )
+    return {split: [s for s in samples if s.split == split] for split in SPLITS}
+
+
+def make_sampler(views: ViewConfig, train: bool) -> ViewSampler:
+    if train:
+        return ViewSampler(views.size, train=True, scale=tuple(views.train_scale), ratio=tuple(views.train_ratio), flip=views.flip)
+    return ViewSampler(views.size, train=False)
+
+
+class IQADataset(Dataset):
+    """Samples of one split, served as views.
+
+    A training view is drawn from torch's RNG (seeded per worker by Lightning's ``seed_everything``),
+    so runs are repeatable for a seed while views still change every epoch. Each item also returns the
+    view's parameters so that it can be replayed.
+    """
+
+    def __init__(self, samples: Sequence[IQASample], sampler: ViewSampler):
+        self.samples = list(samples)
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def view(self, index: int, params: Optional[ViewParams] = None) -> tuple[torch.Tensor, ViewParams]:
+        image = load_image(self.samples[index].path)
+        if params is None:
+            if self.sampler.train:
+                rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,)).item()))
+                params = self.sampler.sample(image.size, rng)
+            else:
+                params = self.sampler.eval_params()
+        return self.sampler.apply(image, params), params
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        image, params = self.view(index)
+        return {
+            "image": image,
+            "mos": torch.tensor(sample.mos, dtype=torch.float32),
+            "index": index,
+            "view": torch.from_numpy(params.to_array()),
+        }
+
+
+class IQADataModule(pl.LightningDataModule):
+    """Owns the data: loading, splitting, views and loaders."""
+
+    def __init__(self, data: DataConfig, views: ViewConfig):
+        super().__init__()
+        self.data_cfg = data
+        self.views = views
+        self.splits: dict[str, list[IQASample]] = {}
+        self.dataset: Optional[LoadedDataset] = None
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.dataset is None:
+            self.dataset = load_dataset(self.data_cfg)
+            self.splits = split_dataset(self.data_cfg, self.dataset)
+
+    def summary(self) -> dict[str, Any]:
+        self.setup()
+        assert self.dataset is not None
+        info = split_summary([s for split in SPLITS for s in self.splits[split]])
+        info.update(name=self.dataset.name, skipped=len(self.dataset.skipped))
+        return info
+
+    def split_dataset(self, split: str, train_views: bool | None = None) -> IQADataset:
+        self.setup()
+        samples = self.splits.get(split, [])
+        if not samples:
+            raise DataError(f"dataset {self.data_cfg.name!r} has no {split!r} samples (check data.split)")
+        return IQADataset(samples, make_sampler(self.views, split == "train" if train_views is None else train_views))
+
+    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+        workers = self.data_cfg.num_workers
+        return DataLoader(
+            self.split_dataset(split),
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            drop_last=shuffle and len(self.splits[split]) > batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True, self.data_cfg.batch_size)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False, self.data_cfg.eval_batch_size)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False, self.data_cfg.eval_batch_size)

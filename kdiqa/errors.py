@@ -1,0 +1,26 @@
+"""Errors a user can fix.
+
+Everything raised as :class:`KdiqaError` is an expected user error: the CLI prints it as one line
+(``kdiqa: error: ...``) and exits with status 2. Anything else is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+
+class KdiqaError(Exception):
+    """An error caused by the user's input (recipe, data, paths), reported in one line."""
+
+
+class ConfigError(KdiqaError):
+    """A recipe is malformed: unknown key, wrong type, missing value, bad override."""
+
+
+class DataError(KdiqaError):
+    """A dataset file or row is unusable; the message names the file and the row."""
+
+
+class RegistryError(KdiqaError):
+    """An unknown name was asked of a registry."""
+
+
+class CheckpointError(KdiqaError):
+    """A checkpoint or weights file is missing, corrupt or does not match the model."""

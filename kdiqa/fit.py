@@ -1,0 +1,122 @@
+"""Fitting a model to MOS labels: the Lightning step logic shared by teachers and label-only students.
+
+The module holds step logic only; the Trainer owns loops, devices, precision and checkpoints. The
+checkpoint is chosen on the validation split and evaluated once on test, never picked on test.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import nn
+
+from kdiqa.config.schema import FitConfig, OptimConfig
+from kdiqa.losses import WeightedLoss
+from kdiqa.metrics import iqa_metrics
+from kdiqa.teacher import TeacherOutput
+
+
+def predicted_score(out: Any) -> torch.Tensor:
+    """The score from a teacher's TeacherOutput or a student's output dict."""
+    if isinstance(out, TeacherOutput):
+        return out.score
+    if isinstance(out, dict):
+        return out["score"]
+    return out
+
+
+def build_optimizer(params: list[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
+    if not params:
+        raise ValueError("nothing to train: every parameter is frozen")
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int, steps_per_epoch: int) -> dict | None:
+    """Step-wise schedules, so a run cut short by ``max_time`` or ``max_steps`` still decays properly."""
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    if cfg.scheduler == "none" and warmup == 0:
+        return None
+    milestones = [m * steps_per_epoch for m in cfg.milestones]
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.scheduler == "multistep":
+            return cfg.gamma ** sum(step >= m for m in milestones)
+        if cfg.scheduler == "cosine":
+            progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+            return 0.5 * (1 + math.cos(math.pi * progress))
+        return 1.0
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    return {"scheduler": scheduler, "interval": "step"}
+
+
+class MOSFitModule(pl.LightningModule):
+    """Train ``model`` so that its score matches the MOS; report IQA metrics per split."""
+
+    def __init__(self, model: nn.Module, fit: FitConfig, score_fn: Callable[[Any], torch.Tensor] = predicted_score):
+        super().__init__()
+        self.model = model
+        self.fit_cfg = fit
+        self.score_fn = score_fn
+        self.loss = WeightedLoss([(t.name, t.weight, dict(t.options)) for t in fit.losses])
+        self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
+
+    def forward(self, images: torch.Tensor) -> Any:
+        return self.model(images)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        score = self.score_fn(self(batch["image"]))
+        total, parts = self.loss(score, batch["mos"])
+        self.log("train/loss", total, prog_bar=True, batch_size=len(score))
+        for name, value in parts.items():
+            self.log(f"train/{name}", value, batch_size=len(score))
+        return total
+
+    def _eval_step(self, batch: dict[str, Any], split: str) -> None:
+        score = self.score_fn(self(batch["image"]))
+        self._outputs[split].append((score.detach().float(), batch["mos"].detach().float()))
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _eval_epoch_end(self, split: str) -> None:
+        outputs, self._outputs[split] = self._outputs[split], []
+        if not outputs:
+            return
+        pred = torch.cat([p for p, _ in outputs])
+        target = torch.cat([t for _, t in outputs])
+        if self.trainer.world_size > 1:  # metrics over the whole split, not per rank
+            pred = self.all_gather(pred).reshape(-1)
+            target = self.all_gather(target).reshape(-1)
+        loss, _ = self.loss(pred, target)
+        metrics = iqa_metrics(pred.cpu().numpy(), target.cpu().numpy())
+        self.log(f"{split}/loss", loss, sync_dist=False)
+        for key in ("srcc", "plcc", "krcc", "plcc_fitted", "rmse"):
+            value = metrics[key]
+            self.log(f"{split}/{key}", float(value) if np.isfinite(value) else 0.0, prog_bar=key == "srcc")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = build_optimizer(params, self.fit_cfg.optim)
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = max(1, self.trainer.max_epochs or 1)
+        scheduler = build_scheduler(optimizer, self.fit_cfg.optim, total, max(1, total // epochs))
+        return optimizer if scheduler is None else {"optimizer": optimizer, "lr_scheduler": scheduler}

@@ -1,0 +1,31 @@
+"""A run folder: one per command, holding the resolved recipe, logs, checkpoints and metrics."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+
+from kdiqa.config import Recipe, save_recipe
+from kdiqa.io import write_json
+
+METRICS_FILE = "metrics.json"
+
+
+def prepare_run(recipe: Recipe) -> Path:
+    """Create the run folder, save the resolved recipe into it and seed every RNG."""
+    run_dir = Path(recipe.out)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_recipe(recipe, run_dir / "recipe.yaml")
+    pl.seed_everything(recipe.seed, workers=True, verbose=False)
+    return run_dir
+
+
+def update_metrics(run_dir: Path, key: str, value: Any) -> dict[str, Any]:
+    """Merge one stage's results into ``metrics.json`` (written atomically)."""
+    path = run_dir / METRICS_FILE
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    metrics[key] = value
+    write_json(path, metrics)
+    return metrics

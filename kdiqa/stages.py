@@ -1,0 +1,96 @@
+"""The stages a recipe chains (``stages: [...]``) and the CLI runs one by one.
+
+Each stage takes the resolved recipe and the run folder, writes its outputs there and returns
+a small summary; later stages find earlier outputs in the same folder, so any stage can be rerun.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from kdiqa.config import Recipe
+from kdiqa.data.datamodule import IQADataModule
+from kdiqa.errors import CheckpointError, ConfigError
+from kdiqa.io import write_json
+from kdiqa.registry import TEACHERS
+from kdiqa.run import update_metrics
+from kdiqa.teacher import TEACHER_CONFIG, Teacher, load_teacher, save_teacher
+
+TEACHER_DIR = "teacher"
+
+
+def stage_data(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
+    dm = IQADataModule(recipe.data, recipe.views)
+    summary = dm.summary()
+    write_json(run_dir / "data.json", summary)
+    return summary
+
+
+def trained_teacher_path(recipe: Recipe, run_dir: Path) -> Path:
+    """Where the teacher comes from: ``teacher.checkpoint`` if given, else this run's fitted one."""
+    if recipe.teacher.checkpoint:
+        return Path(recipe.teacher.checkpoint)
+    return run_dir / TEACHER_DIR
+
+
+def stage_fit_teacher(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
+    from kdiqa.evaluate import evaluate_splits
+    from kdiqa.fit import MOSFitModule
+    from kdiqa.trainer import make_trainer, merge_trainer
+
+    if recipe.teacher.checkpoint:
+        return {"skipped": f"teacher.checkpoint is set ({recipe.teacher.checkpoint})"}
+    dm = IQADataModule(recipe.data, recipe.views)
+    dm.setup()
+    teacher: Teacher = TEACHERS.build(recipe.teacher.name, **recipe.teacher.options)
+    teacher.prepare(dm.train_dataloader())
+    module = MOSFitModule(teacher, recipe.teacher.fit)
+    trainer_cfg = merge_trainer(recipe.trainer, recipe.teacher.fit.trainer, "teacher.fit.trainer")
+    trainer, ckpt = make_trainer(trainer_cfg, run_dir, "teacher", recipe.teacher.fit.monitor)
+    last = Path(ckpt.dirpath) / "last.ckpt"
+    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
+    best = ckpt.best_model_path or str(last)
+    if trainer.is_global_zero:
+        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+        module.load_state_dict(state)
+        save_teacher(teacher, run_dir / TEACHER_DIR)
+    results = evaluate_splits(teacher, dm)
+    summary = {split: r["metrics"] for split, r in results.items()}
+    summary["checkpoint"] = best
+    update_metrics(run_dir, "teacher", summary)
+    write_json(run_dir / "predictions" / "teacher.json", {s: {"pred": r["pred"], "mos": r["mos"]} for s, r in results.items()})
+    return summary
+
+
+def stage_eval(recipe: Recipe, run_dir: Path, checkpoint: str | Path | None = None) -> dict[str, Any]:
+    """Evaluate a saved model folder (a teacher for now) on every split the recipe has."""
+    from kdiqa.evaluate import evaluate_splits
+
+    path = Path(checkpoint) if checkpoint else trained_teacher_path(recipe, run_dir)
+    if not (path / TEACHER_CONFIG).is_file():
+        raise CheckpointError(f"{path}: no saved model here (expected {TEACHER_CONFIG}); run `kdiqa fit-teacher` first or pass --checkpoint")
+    model = load_teacher(path)
+    dm = IQADataModule(recipe.data, recipe.views)
+    results = evaluate_splits(model, dm, ("train", "val", "test"))
+    summary = {split: r["metrics"] for split, r in results.items()}
+    update_metrics(run_dir, f"eval:{path.name}", summary)
+    return summary
+
+
+STAGES: dict[str, Callable[[Recipe, Path], dict[str, Any]]] = {
+    "data": stage_data,
+    "fit_teacher": stage_fit_teacher,
+    "eval": stage_eval,
+}
+
+
+def check_stages(names: list[str]) -> None:
+    for name in names:
+        if name not in STAGES:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(STAGES), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"stages: unknown stage {name!r}{hint} (known: {', '.join(STAGES)})")

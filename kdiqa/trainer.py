@@ -1,0 +1,78 @@
+"""Build a Lightning Trainer from a recipe: loggers, checkpoints and devices in one place."""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Mapping
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
+
+from kdiqa.config.schema import TrainerConfig
+from kdiqa.errors import ConfigError
+
+
+def merge_trainer(base: TrainerConfig, overrides: Mapping[str, Any], at: str) -> TrainerConfig:
+    """A stage's ``trainer:`` overrides on top of the recipe's trainer section (keys checked)."""
+    valid = {f.name for f in dataclasses.fields(TrainerConfig)}
+    for key in overrides:
+        if key not in valid:
+            import difflib
+
+            close = difflib.get_close_matches(str(key), sorted(valid), n=1)
+            hint = f"; did you mean {at}.{close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown key {at}.{key!r}{hint}")
+    merged = dataclasses.replace(base, **dict(overrides))
+    merged.check(at)
+    return merged
+
+
+def make_loggers(cfg: TrainerConfig, run_dir: Path, name: str) -> list[Logger]:
+    if cfg.logger == "none":
+        return []
+    loggers: list[Logger] = [CSVLogger(str(run_dir), name="logs", version=name)]
+    if cfg.logger == "tensorboard":
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise ConfigError("trainer.logger: 'tensorboard' needs the tensorboard package (pip install 'kdiqa[tensorboard]')") from None
+        loggers.append(TensorBoardLogger(str(run_dir), name="tb", version=name))
+    return loggers
+
+
+def make_trainer(cfg: TrainerConfig, run_dir: Path, name: str, monitor: str) -> tuple[pl.Trainer, ModelCheckpoint]:
+    """A Trainer that keeps the best checkpoint by ``monitor`` on the validation split, plus ``last``."""
+    mode = "min" if monitor.endswith("loss") else "max"
+    checkpoint = ModelCheckpoint(
+        dirpath=str(run_dir / "checkpoints" / name),
+        filename="best-{epoch:03d}-{step:06d}",
+        monitor=monitor,
+        mode=mode,
+        save_top_k=1,
+        save_last=True,
+        auto_insert_metric_name=False,
+    )
+    trainer = pl.Trainer(
+        default_root_dir=str(run_dir),
+        max_epochs=cfg.max_epochs,
+        max_steps=cfg.max_steps,
+        max_time=cfg.max_time,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        strategy=cfg.strategy,
+        precision=cfg.precision,
+        check_val_every_n_epoch=cfg.check_val_every_n_epoch,
+        val_check_interval=cfg.val_check_interval,
+        log_every_n_steps=cfg.log_every_n_steps,
+        gradient_clip_val=cfg.gradient_clip_val,
+        limit_train_batches=cfg.limit_train_batches,
+        limit_val_batches=cfg.limit_val_batches,
+        logger=make_loggers(cfg, run_dir, name) or False,
+        callbacks=[checkpoint],
+        enable_progress_bar=cfg.progress_bar,
+        enable_model_summary=False,
+        deterministic=cfg.deterministic,
+        num_sanity_val_steps=0,
+    )
+    return trainer, checkpoint

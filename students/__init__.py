@@ -1,0 +1,1 @@
+"""Built-in students. Importing this package registers them in ``kdiqa.registry.STUDENTS``."""

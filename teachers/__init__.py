@@ -1,0 +1,1 @@
+"""Built-in teachers. Importing this package registers them in ``kdiqa.registry.TEACHERS``."""

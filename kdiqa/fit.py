@@ -6,7 +6,8 @@ checkpoint is chosen on the validation split and evaluated once on test, never p
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -76,7 +77,7 @@ class MOSFitModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         score = self.score_fn(self(batch["image"]))
         total, parts = self.loss(score, batch["mos"])
-        self.log("train/loss", total, prog_bar=True, batch_size=len(score))
+        self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(score))
         for name, value in parts.items():
             self.log(f"train/{name}", value, batch_size=len(score))
         return total

@@ -116,11 +116,13 @@ class WeightedLoss(nn.Module):
 
     def __init__(self, terms: list[tuple[str, float, dict]]):
         super().__init__()
-        self.names = [name for name, _, _ in terms]
+        names = [name for name, _, _ in terms]
+        # unique log keys even when the same loss appears twice with different options
+        self.keys = [n if names.count(n) == 1 else f"{n}{i}" for i, n in enumerate(names)]
         self.weights = [float(w) for _, w, _ in terms]
         self.terms = nn.ModuleList(LOSSES.build(name, **opts) for name, _, opts in terms)
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        parts = {name: term(pred, target) for name, term in zip(self.names, self.terms)}
-        total = sum(w * v for w, v in zip(self.weights, parts.values()))
+        parts = {key: term(pred, target) for key, term in zip(self.keys, self.terms, strict=True)}
+        total = sum(w * v for w, v in zip(self.weights, parts.values(), strict=True))
         return total, parts  # type: ignore[return-value]

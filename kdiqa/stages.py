@@ -5,8 +5,9 @@ a small summary; later stages find earlier outputs in the same folder, so any st
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -38,7 +39,7 @@ def trained_teacher_path(recipe: Recipe, run_dir: Path) -> Path:
 def stage_fit_teacher(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
     from kdiqa.evaluate import evaluate_splits
     from kdiqa.fit import MOSFitModule
-    from kdiqa.trainer import make_trainer, merge_trainer
+    from kdiqa.trainer import latest_checkpoint, make_trainer, merge_trainer
 
     if recipe.teacher.checkpoint:
         return {"skipped": f"teacher.checkpoint is set ({recipe.teacher.checkpoint})"}
@@ -49,9 +50,11 @@ def stage_fit_teacher(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
     module = MOSFitModule(teacher, recipe.teacher.fit)
     trainer_cfg = merge_trainer(recipe.trainer, recipe.teacher.fit.trainer, "teacher.fit.trainer")
     trainer, ckpt = make_trainer(trainer_cfg, run_dir, "teacher", recipe.teacher.fit.monitor)
-    last = Path(ckpt.dirpath) / "last.ckpt"
-    trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
-    best = ckpt.best_model_path or str(last)
+    resume = latest_checkpoint(run_dir, "teacher")
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    best = ckpt.best_model_path
+    if not best:
+        raise CheckpointError(f"{ckpt.dirpath}: no validation checkpoint was saved (is the val split empty?)")
     if trainer.is_global_zero:
         state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
         module.load_state_dict(state)

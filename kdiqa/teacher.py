@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from torch import nn
 @dataclass
 class TeacherOutput:
     score: torch.Tensor  # (B,) predicted quality, normalised scale (higher = better)
-    dist: Optional[torch.Tensor] = None  # (B, K) score distribution, rows sum to 1
+    dist: torch.Tensor | None = None  # (B, K) score distribution, rows sum to 1
     features: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (B, C, H, W) or (B, D)
 
 

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import pytorch_lightning as pl
 from pytorch_lightning.callbacks import ModelCheckpoint
@@ -41,18 +42,32 @@ def make_loggers(cfg: TrainerConfig, run_dir: Path, name: str) -> list[Logger]:
     return loggers
 
 
+LATEST = "latest.ckpt"
+
+
+def latest_checkpoint(run_dir: Path, name: str) -> Path | None:
+    """The checkpoint to resume an interrupted fit from, if there is one."""
+    path = run_dir / "checkpoints" / name / LATEST
+    return path if path.is_file() else None
+
+
 def make_trainer(cfg: TrainerConfig, run_dir: Path, name: str, monitor: str) -> tuple[pl.Trainer, ModelCheckpoint]:
-    """A Trainer that keeps the best checkpoint by ``monitor`` on the validation split, plus ``last``."""
+    """A Trainer that keeps the best checkpoint by ``monitor`` on the validation split, plus the latest.
+
+    The latest is its own callback: Lightning's ``save_last`` only writes when the monitored
+    checkpoint improved, which would leave a resumed run restarting from a stale epoch.
+    """
     mode = "min" if monitor.endswith("loss") else "max"
+    folder = str(run_dir / "checkpoints" / name)
     checkpoint = ModelCheckpoint(
-        dirpath=str(run_dir / "checkpoints" / name),
+        dirpath=folder,
         filename="best-{epoch:03d}-{step:06d}",
         monitor=monitor,
         mode=mode,
         save_top_k=1,
-        save_last=True,
         auto_insert_metric_name=False,
     )
+    latest = ModelCheckpoint(dirpath=folder, filename=LATEST.removesuffix(".ckpt"), monitor=None, save_top_k=1)
     trainer = pl.Trainer(
         default_root_dir=str(run_dir),
         max_epochs=cfg.max_epochs,
@@ -69,7 +84,7 @@ def make_trainer(cfg: TrainerConfig, run_dir: Path, name: str, monitor: str) -> 
         limit_train_batches=cfg.limit_train_batches,
         limit_val_batches=cfg.limit_val_batches,
         logger=make_loggers(cfg, run_dir, name) or False,
-        callbacks=[checkpoint],
+        callbacks=[checkpoint, latest],
         enable_progress_bar=cfg.progress_bar,
         enable_model_summary=False,
         deterministic=cfg.deterministic,

@@ -8,8 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from kdiqa import __version__
 from kdiqa.errors import KdiqaError
@@ -85,7 +85,14 @@ def cmd_data_info(args: argparse.Namespace) -> int:
 
     recipe = _recipe(args)
     summary = IQADataModule(recipe.data, recipe.views).summary()
-    print(json.dumps(summary, indent=2, default=str))
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+    print(f"dataset {summary['name']} ({recipe.data.root or 'default root'}), skipped rows: {summary['skipped']}")
+    print(f"{'split':<12}{'count':>8}{'MOS min':>12}{'MOS max':>12}")
+    for split, row in summary.items():
+        if isinstance(row, dict):
+            print(f"{split:<12}{row['count']:>8}{row['mos_raw_min']:>12.4g}{row['mos_raw_max']:>12.4g}")
     return 0
 
 
@@ -138,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     data = sub.add_parser("data", help="datasets: summary, embedded mini dataset").add_subparsers(dest="data_cmd", required=True, metavar="ACTION")
     p = data.add_parser("info", help="count, MOS range and splits of the recipe's dataset")
     _common(p)
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(func=cmd_data_info)
     p = data.add_parser("make-mini", help="build the embedded mini dataset from scikit-image's photographs")
     _common(p, recipe=False)

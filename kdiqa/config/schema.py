@@ -9,7 +9,7 @@ dictionaries validated by the registered builder that receives them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from typing import Any
 
 from omegaconf import MISSING
 
@@ -29,7 +29,7 @@ def _positive(path: str, value: float, allow_zero: bool = False) -> None:
 @dataclass
 class SplitConfig:
     policy: str = "auto"  # auto: the dataset's official split if it has one, else random
-    ratios: List[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])
+    ratios: list[float] = field(default_factory=lambda: [0.7, 0.1, 0.2])
     seed: int = 0
     repeat: int = 0  # index of the repeated random split (the field reports the median over N)
 
@@ -43,9 +43,9 @@ class SplitConfig:
 @dataclass
 class DataConfig:
     name: str = MISSING  # a registered dataset: `kdiqa data list`
-    root: Optional[str] = None  # the dataset's folder as the publisher ships it
+    root: str | None = None  # the dataset's folder as the publisher ships it
     on_bad_row: str = "error"
-    options: Dict[str, Any] = field(default_factory=dict)  # passed to the dataset loader
+    options: dict[str, Any] = field(default_factory=dict)  # passed to the dataset loader
     split: SplitConfig = field(default_factory=SplitConfig)
     batch_size: int = 32
     eval_batch_size: int = 64
@@ -63,8 +63,8 @@ class ViewConfig:
     """How an image becomes a model input; the cache replays exactly these views for the student."""
 
     size: int = 64  # square side in pixels after crop + resize
-    train_scale: List[float] = field(default_factory=lambda: [1.0, 1.0])  # crop area fraction range
-    train_ratio: List[float] = field(default_factory=lambda: [1.0, 1.0])  # crop aspect range
+    train_scale: list[float] = field(default_factory=lambda: [1.0, 1.0])  # crop area fraction range
+    train_ratio: list[float] = field(default_factory=lambda: [1.0, 1.0])  # crop aspect range
     flip: bool = True  # random horizontal flip for training views
 
     def check(self, at: str) -> None:
@@ -81,7 +81,7 @@ class ViewConfig:
 class LossTerm:
     name: str = MISSING  # a registered loss: `kdiqa info losses`
     weight: float = 1.0
-    options: Dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -90,7 +90,7 @@ class OptimConfig:
     lr: float = 1e-4
     weight_decay: float = 0.0
     scheduler: str = "none"
-    milestones: List[int] = field(default_factory=list)  # epochs, for multistep
+    milestones: list[int] = field(default_factory=list)  # epochs, for multistep
     gamma: float = 0.2  # multistep decay (official DP-IQA: 0.2)
     warmup_epochs: int = 0
 
@@ -107,17 +107,17 @@ class TrainerConfig:
 
     max_epochs: int = 30
     max_steps: int = -1
-    max_time: Optional[str] = None  # "DD:HH:MM:SS", a wall-clock budget
+    max_time: str | None = None  # "DD:HH:MM:SS", a wall-clock budget
     accelerator: str = "auto"
     devices: Any = "auto"
     strategy: str = "auto"
     precision: str = "32-true"  # "16-mixed" / "bf16-mixed" on a GPU
     check_val_every_n_epoch: int = 1
-    val_check_interval: Optional[float] = None
+    val_check_interval: float | None = None
     log_every_n_steps: int = 10
-    gradient_clip_val: Optional[float] = None
-    limit_train_batches: Optional[float] = None
-    limit_val_batches: Optional[float] = None
+    gradient_clip_val: float | None = None
+    limit_train_batches: float | None = None
+    limit_val_batches: float | None = None
     logger: str = "csv"
     progress_bar: bool = True
     deterministic: bool = False
@@ -132,9 +132,9 @@ class FitConfig:
     """Training a model on MOS labels (a teacher, or a label-only student)."""
 
     optim: OptimConfig = field(default_factory=OptimConfig)
-    losses: List[LossTerm] = field(default_factory=lambda: [LossTerm(name="mse")])
+    losses: list[LossTerm] = field(default_factory=lambda: [LossTerm(name="mse")])
     monitor: str = "val/srcc"  # the validation metric that picks the checkpoint (never test)
-    trainer: Dict[str, Any] = field(default_factory=dict)  # overrides of the top-level trainer section
+    trainer: dict[str, Any] = field(default_factory=dict)  # overrides of the top-level trainer section
 
     def check(self, at: str) -> None:
         _choice(f"{at}.monitor", self.monitor, ("val/srcc", "val/plcc", "val/krcc", "val/loss"))
@@ -143,18 +143,18 @@ class FitConfig:
 @dataclass
 class TeacherConfig:
     name: str = "dpiqa"  # a registered teacher: `kdiqa info teachers`
-    options: Dict[str, Any] = field(default_factory=dict)  # passed to the teacher's builder
-    checkpoint: Optional[str] = None  # a saved kdiqa teacher folder; given → no fitting needed
+    options: dict[str, Any] = field(default_factory=dict)  # passed to the teacher's builder
+    checkpoint: str | None = None  # a saved kdiqa teacher folder; given → no fitting needed
     fit: FitConfig = field(default_factory=FitConfig)
 
 
 @dataclass
 class Recipe:
-    base: List[str] = field(default_factory=list)  # recipes merged first, in order
+    base: list[str] = field(default_factory=list)  # recipes merged first, in order
     name: str = "run"
     seed: int = 0
     out: str = "runs/${name}"
-    stages: List[str] = field(default_factory=list)  # what `kdiqa run` chains
+    stages: list[str] = field(default_factory=list)  # what `kdiqa run` chains
     data: DataConfig = field(default_factory=DataConfig)
     views: ViewConfig = field(default_factory=ViewConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)

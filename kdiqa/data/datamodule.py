@@ -5,7 +5,8 @@ view sampler the cache uses, so a student can be fed exactly the views its teach
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -63,7 +64,7 @@ class IQADataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def view(self, index: int, params: Optional[ViewParams] = None) -> tuple[torch.Tensor, ViewParams]:
+    def view(self, index: int, params: ViewParams | None = None) -> tuple[torch.Tensor, ViewParams]:
         image = load_image(self.samples[index].path)
         if params is None:
             if self.sampler.train:
@@ -92,9 +93,9 @@ class IQADataModule(pl.LightningDataModule):
         self.data_cfg = data
         self.views = views
         self.splits: dict[str, list[IQASample]] = {}
-        self.dataset: Optional[LoadedDataset] = None
+        self.dataset: LoadedDataset | None = None
 
-    def setup(self, stage: Optional[str] = None) -> None:
+    def setup(self, stage: str | None = None) -> None:
         if self.dataset is None:
             self.dataset = load_dataset(self.data_cfg)
             self.splits = split_dataset(self.data_cfg, self.dataset)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 SPLITS = ("train", "val", "test")
 
@@ -19,11 +18,11 @@ class IQASample:
     path: str
     mos: float
     mos_raw: float
-    std: Optional[float] = None
-    split: Optional[str] = None  # "train" | "val" | "test" | None (assigned later by a split policy)
-    group: Optional[str] = None  # content id (reference image / photograph) for leak-free splits
-    dist: Optional[tuple[float, ...]] = None  # score distribution (AVA votes), sums to 1
-    theme: Optional[str] = None  # TAD66K theme / AVA challenge
+    std: float | None = None
+    split: str | None = None  # "train" | "val" | "test" | None (assigned later by a split policy)
+    group: str | None = None  # content id (reference image / photograph) for leak-free splits
+    dist: tuple[float, ...] | None = None  # score distribution (AVA votes), sums to 1
+    theme: str | None = None  # TAD66K theme / AVA challenge
 
 
 @dataclass

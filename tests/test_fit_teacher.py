@@ -1,0 +1,58 @@
+"""Fitting a teacher: loss goes down, validation picks the checkpoint, a resumed run continues."""
+import json
+
+import torch
+
+from kdiqa.config import load_recipe
+from kdiqa.run import prepare_run
+from kdiqa.stages import stage_eval, stage_fit_teacher
+from kdiqa.teacher import load_teacher
+
+
+def read_csv_log(run_dir):
+    import csv
+
+    rows = list(csv.DictReader(open(run_dir / "logs" / "teacher" / "metrics.csv")))
+    return rows
+
+
+def test_fit_lowers_loss_and_saves_validation_checkpoint(toy_recipe):
+    recipe = load_recipe(toy_recipe, ["trainer.max_epochs=6"])
+    run_dir = prepare_run(recipe)
+    summary = stage_fit_teacher(recipe, run_dir)
+
+    rows = read_csv_log(run_dir)
+    train_losses = [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
+    assert len(train_losses) >= 2 and train_losses[-1] < train_losses[0]
+
+    # the saved checkpoint is the best by val/srcc, never chosen on test
+    val = [(float(r["val/srcc"]), int(r["epoch"])) for r in rows if r.get("val/srcc")]
+    assert len(val) == 6
+    best_srcc = max(srcc for srcc, _ in val)
+    first_best_epoch = next(epoch for srcc, epoch in val if srcc == best_srcc)  # ties keep the earlier one
+    ckpt = torch.load(summary["checkpoint"], map_location="cpu", weights_only=True)
+    assert ckpt["epoch"] == first_best_epoch
+    assert abs(summary["val"]["srcc"] - best_srcc) < 1e-4
+
+    # the exported teacher reloads without the training module and scores the same
+    teacher = load_teacher(run_dir / "teacher")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert set(metrics["teacher"]) >= {"val", "test", "checkpoint"}
+    again = stage_eval(recipe, run_dir)
+    assert abs(again["test"]["srcc"] - summary["test"]["srcc"]) < 1e-6
+    assert teacher(torch.rand(2, 3, 24, 24)).score.shape == (2,)
+
+
+def test_interrupted_run_resumes_from_its_step(toy_recipe):
+    first = load_recipe(toy_recipe, ["trainer.max_epochs=2"])
+    run_dir = prepare_run(first)
+    stage_fit_teacher(first, run_dir)
+    last = torch.load(run_dir / "checkpoints" / "teacher" / "latest.ckpt", map_location="cpu", weights_only=True)
+    steps_after_first = last["global_step"]
+
+    # same run folder, a longer schedule: training continues from the last checkpoint, not from zero
+    longer = load_recipe(toy_recipe, ["trainer.max_epochs=4"])
+    stage_fit_teacher(longer, run_dir)
+    last = torch.load(run_dir / "checkpoints" / "teacher" / "latest.ckpt", map_location="cpu", weights_only=True)
+    assert last["epoch"] == 3
+    assert last["global_step"] == 2 * steps_after_first

@@ -17,7 +17,7 @@ from kdiqa.errors import CheckpointError, ConfigError
 from kdiqa.io import write_json
 from kdiqa.registry import TEACHERS
 from kdiqa.run import update_metrics
-from kdiqa.teacher import TEACHER_CONFIG, Teacher, load_teacher, save_teacher
+from kdiqa.teacher import Teacher, save_teacher
 
 TEACHER_DIR = "teacher"
 
@@ -68,13 +68,12 @@ def stage_fit_teacher(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
 
 
 def stage_eval(recipe: Recipe, run_dir: Path, checkpoint: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate a saved model folder (a teacher for now) on every split the recipe has."""
+    """Evaluate a saved model folder (teacher or student) on every split the recipe has."""
+    from kdiqa.distill.stages import load_model
     from kdiqa.evaluate import evaluate_splits
 
     path = Path(checkpoint) if checkpoint else trained_teacher_path(recipe, run_dir)
-    if not (path / TEACHER_CONFIG).is_file():
-        raise CheckpointError(f"{path}: no saved model here (expected {TEACHER_CONFIG}); run `kdiqa fit-teacher` first or pass --checkpoint")
-    model = load_teacher(path)
+    model = load_model(path)
     dm = IQADataModule(recipe.data, recipe.views)
     results = evaluate_splits(model, dm, ("train", "val", "test"))
     summary = {split: r["metrics"] for split, r in results.items()}
@@ -82,9 +81,23 @@ def stage_eval(recipe: Recipe, run_dir: Path, checkpoint: str | Path | None = No
     return summary
 
 
-STAGES: dict[str, Callable[[Recipe, Path], dict[str, Any]]] = {
+def _lazy(module: str, name: str) -> Callable[..., dict[str, Any]]:
+    def run(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(*args, **kwargs)
+
+    run.__name__ = name
+    return run
+
+
+STAGES: dict[str, Callable[..., dict[str, Any]]] = {
     "data": stage_data,
     "fit_teacher": stage_fit_teacher,
+    "cache": _lazy("kdiqa.distill.stages", "stage_cache"),
+    "distill": _lazy("kdiqa.distill.stages", "stage_distill"),
+    "baseline": _lazy("kdiqa.distill.stages", "stage_baseline"),
+    "report": _lazy("kdiqa.distill.stages", "stage_report"),
     "eval": stage_eval,
 }
 

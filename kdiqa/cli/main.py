@@ -73,11 +73,51 @@ def cmd_stage(name: str) -> Callable[[argparse.Namespace], int]:
         run_dir = prepare_run(recipe)
         kwargs = {"checkpoint": args.checkpoint} if getattr(args, "checkpoint", None) else {}
         result = STAGES[name](recipe, run_dir, **kwargs)
-        _print_table(result)
+        if isinstance(result, dict) and any(isinstance(v, dict) and "srcc" in v for v in result.values()):
+            _print_table(result)
         print(f"run folder: {run_dir}")
         return 0
 
     return run
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    """``kdiqa cache RECIPE [k=v ...]``, ``kdiqa cache info PATH``, ``kdiqa cache merge PATH``."""
+    from kdiqa.cache import cache_info, format_cache_info, merge_shards
+
+    action, rest = args.target[0], args.target[1:]
+    if action in ("info", "merge"):
+        if len(rest) != 1:
+            raise KdiqaError(f"cache {action}: expected one cache path, e.g. `kdiqa cache {action} runs/x/cache/teacher.h5`")
+        if action == "merge":
+            merge_shards(rest[0])
+        print(format_cache_info(cache_info(rest[0])))
+        return 0
+    from kdiqa.run import prepare_run
+    from kdiqa.stages import STAGES
+
+    args.recipe, args.overrides = action, rest
+    shard = None
+    if args.shard:
+        try:
+            i, n = (int(v) for v in args.shard.split("/"))
+            if not 0 <= i < n:
+                raise ValueError
+        except ValueError:
+            raise KdiqaError(f"--shard {args.shard!r}: expected i/n with 0 <= i < n, e.g. --shard 0/2") from None
+        shard = (i, n)
+    recipe = _recipe(args)
+    run_dir = prepare_run(recipe)
+    summary = STAGES["cache"](recipe, run_dir, shard=shard, force=args.force)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from kdiqa.predict import predict_paths
+
+    predict_paths(args.model, args.paths, out=args.output, batch_size=args.batch_size, size=args.size)
+    return 0
 
 
 def cmd_data_info(args: argparse.Namespace) -> int:
@@ -136,6 +176,36 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fit-teacher", help="train the recipe's teacher on MOS (validation picks the checkpoint)")
     _common(p)
     p.set_defaults(func=cmd_stage("fit_teacher"))
+
+    p = sub.add_parser("cache", help="precompute teacher targets per view into HDF5; `cache info PATH`, `cache merge PATH`")
+    p.add_argument("target", nargs="+", metavar="RECIPE|info|merge", help="a recipe (then key=value overrides), or info/merge and a cache path")
+    p.add_argument("-o", "--out", help="run folder (default: the recipe's `out`)")
+    p.add_argument("--seed", type=int, help="seed (default: the recipe's `seed`)")
+    p.add_argument("--shard", help="write only shard i of n (i/n), e.g. one per process or GPU; join with `cache merge`")
+    p.add_argument("--force", action="store_true", help="rebuild a cache whose fingerprints do not match")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("distill", help="train the student on labels + teacher targets (cached or online)")
+    _common(p)
+    p.set_defaults(func=cmd_stage("distill"))
+
+    p = sub.add_parser("baseline", help="train the same student on labels only, for comparison")
+    _common(p)
+    p.set_defaults(func=cmd_stage("baseline"))
+
+    p = sub.add_parser("report", help="write report.md, plots and the summary table of a run folder")
+    _common(p)
+    p.set_defaults(func=cmd_stage("report"))
+
+    p = sub.add_parser("predict", help="score images (files, folders or a CSV with a `path` column) with a saved model")
+    p.add_argument("paths", nargs="+", help="image files, folders, or CSV files")
+    p.add_argument("--model", required=True, help="a saved student or teacher folder")
+    p.add_argument("--output", help="write results to this .csv or .json (default: print CSV)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--size", type=int, help="input side in pixels (default: the model's image_size)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("eval", help="evaluate a saved model on each split (SRCC, KRCC, PLCC raw and fitted, RMSE)")
     _common(p)

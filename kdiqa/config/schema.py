@@ -149,6 +149,61 @@ class TeacherConfig:
 
 
 @dataclass
+class CacheConfig:
+    """Teacher outputs precomputed per (image, view) into HDF5; see kdiqa/cache."""
+
+    path: str | None = None  # default: <run folder>/cache/teacher.h5
+    views_per_image: int = 4
+    first_view_eval: bool = True  # view 0 is the plain evaluation view
+    features: list[str] = field(default_factory=lambda: ["quality_map"])
+    pool: dict[str, int] = field(default_factory=dict)  # adaptive average pooling per feature
+    dtype: str = "float16"
+    compression: str = "none"
+    batch_size: int = 64
+    epoch_views: str = "random"  # per epoch: one random cached view per image, or "all" of them
+
+    def check(self, at: str) -> None:
+        _positive(f"{at}.views_per_image", self.views_per_image)
+        _choice(f"{at}.dtype", self.dtype, ("float16", "float32"))
+        _choice(f"{at}.compression", self.compression, ("none", "lzf", "gzip"))
+        _choice(f"{at}.epoch_views", self.epoch_views, ("random", "all"))
+        _positive(f"{at}.batch_size", self.batch_size)
+
+
+@dataclass
+class StudentConfig:
+    name: str = "timm"  # a registered student: `kdiqa info students`
+    options: dict[str, Any] = field(default_factory=lambda: {"backbone": "resnet18"})  # backbone, head, pretrained, ...
+
+
+@dataclass
+class FeaturePair:
+    """One feature-matching term: student tap → projector → teacher feature, compared by a loss."""
+
+    target: str = MISSING  # the teacher feature name, e.g. quality_map or unet.up_blocks.2
+    tap: int = -1  # which student feature map (index into its taps)
+    kind: str = "conv"  # projector: "official" (DP-IQA ConvTranspose) or "conv"
+    loss: str = "mse"
+    weight: float = 1.0
+
+    def check(self, at: str) -> None:
+        _choice(f"{at}.kind", self.kind, ("official", "conv"))
+        _positive(f"{at}.weight", self.weight, allow_zero=True)
+
+
+@dataclass
+class DistillConfig:
+    source: str = "cache"  # teacher targets from the cache, or from the teacher run online (no_grad)
+    teacher_score: list[LossTerm] = field(default_factory=lambda: [LossTerm(name="mse")])  # student ↔ teacher score
+    features: list[FeaturePair] = field(default_factory=list)
+    dist: list[LossTerm] = field(default_factory=list)  # student ↔ teacher score distribution
+    fit: FitConfig = field(default_factory=FitConfig)  # label losses, optimiser, monitor, trainer overrides (KD and baseline)
+
+    def check(self, at: str) -> None:
+        _choice(f"{at}.source", self.source, ("cache", "online"))
+
+
+@dataclass
 class Recipe:
     base: list[str] = field(default_factory=list)  # recipes merged first, in order
     name: str = "run"
@@ -159,3 +214,6 @@ class Recipe:
     views: ViewConfig = field(default_factory=ViewConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)

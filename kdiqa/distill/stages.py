@@ -1,0 +1,215 @@
+"""The cache, distill, baseline and report stages: what ``kdiqa cache/distill/run`` executes."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from kdiqa.config import Recipe
+from kdiqa.data.datamodule import IQADataModule, make_sampler
+from kdiqa.errors import CheckpointError
+from kdiqa.io import read_json, write_json
+from kdiqa.registry import STUDENTS
+from kdiqa.run import update_metrics
+
+STUDENTS_DIR = "students"
+KD, BASELINE = "kd", "label_only"
+MODEL_CONFIG = "config.json"
+
+
+def cache_path(recipe: Recipe, run_dir: Path) -> Path:
+    return Path(recipe.cache.path) if recipe.cache.path else run_dir / "cache" / "teacher.h5"
+
+
+def stage_cache(recipe: Recipe, run_dir: Path, shard: tuple[int, int] | None = None, force: bool = False) -> dict[str, Any]:
+    """Run the trained teacher once per (training image, view) and store its targets in HDF5."""
+    from kdiqa.cache import build_cache
+    from kdiqa.evaluate import default_device
+    from kdiqa.stages import trained_teacher_path
+    from kdiqa.teacher import load_teacher
+
+    dm = IQADataModule(recipe.data, recipe.views)
+    dm.setup()
+    teacher = load_teacher(_require_model(trained_teacher_path(recipe, run_dir), "kdiqa fit-teacher"))
+    c = recipe.cache
+    return build_cache(
+        teacher,
+        dm.splits["train"],
+        make_sampler(recipe.views, train=c.views_per_image > 1 or not c.first_view_eval),
+        cache_path(recipe, run_dir),
+        views_per_image=c.views_per_image,
+        first_view_eval=c.first_view_eval,
+        features=list(c.features),
+        pool=dict(c.pool),
+        dtype=c.dtype,
+        compression=c.compression,
+        batch_size=c.batch_size,
+        seed=recipe.seed,
+        shard=shard,
+        device=default_device(),
+        num_workers=recipe.data.num_workers,
+        force=force,
+    )
+
+
+def _require_model(path: Path, how: str) -> Path:
+    if not (path / MODEL_CONFIG).is_file():
+        raise CheckpointError(f"{path}: no saved model here (expected {MODEL_CONFIG}); run `{how}` first or pass --checkpoint")
+    return path
+
+
+def load_model(path: str | Path) -> nn.Module:
+    """A saved teacher or student folder, whichever it holds."""
+    from kdiqa import load_student
+    from kdiqa.teacher import load_teacher
+
+    path = _require_model(Path(path), "kdiqa fit-teacher / kdiqa distill")
+    meta = read_json(path / MODEL_CONFIG)
+    return load_teacher(path) if isinstance(meta, dict) and "teacher" in meta else load_student(path)
+
+
+class _WithTrainSet(IQADataModule):
+    """The recipe's val/test data with a different training set (cached views)."""
+
+    def __init__(self, base: IQADataModule, train_set: Dataset):
+        super().__init__(base.data_cfg, base.views)
+        self.dataset, self.splits = base.dataset, base.splits  # already loaded and split
+        self.train_set = train_set
+
+    def train_dataloader(self) -> DataLoader:
+        workers = self.data_cfg.num_workers
+        return DataLoader(
+            self.train_set,
+            batch_size=self.data_cfg.batch_size,
+            shuffle=True,
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            drop_last=len(self.train_set) > self.data_cfg.batch_size,
+        )
+
+
+def build_student(recipe: Recipe, feature_shapes: dict[str, tuple[int, ...]]) -> nn.Module:
+    """The recipe's student with one projector per feature pair, shaped like the teacher's targets."""
+    options = dict(recipe.student.options)
+    options.setdefault("image_size", recipe.views.size)
+    projectors = []
+    for pair in recipe.distill.features:
+        if pair.target not in feature_shapes:
+            raise CheckpointError(
+                f"distill.features: the teacher targets hold no {pair.target!r} (they hold: {', '.join(feature_shapes) or 'none'}); "
+                "add it to cache.features and rebuild the cache"
+            )
+        projectors.append({"tap": pair.tap, "target": pair.target, "shape": list(feature_shapes[pair.target]), "kind": pair.kind})
+    if projectors:
+        options["projectors"] = projectors
+    return STUDENTS.build(recipe.student.name, **options)
+
+
+def _online_shapes(recipe: Recipe, teacher: nn.Module) -> dict[str, tuple[int, ...]]:
+    from kdiqa.distill.module import teacher_targets
+
+    teacher.eval()
+    with torch.no_grad():
+        out = teacher(torch.zeros(1, 3, recipe.views.size, recipe.views.size))
+    names = [p.target for p in recipe.distill.features]
+    return {k: tuple(v.shape[1:]) for k, v in teacher_targets(out, names, recipe.cache.pool).items()}
+
+
+def _fit_student(recipe: Recipe, run_dir: Path, key: str, module: Any, dm: IQADataModule) -> dict[str, Any]:
+    """Fit, keep the validation-best weights, save the student, evaluate val and test once."""
+    from kdiqa.evaluate import evaluate_splits
+    from kdiqa.trainer import latest_checkpoint, make_trainer, merge_trainer
+    from students.student import save_student
+
+    trainer_cfg = merge_trainer(recipe.trainer, recipe.distill.fit.trainer, "distill.fit.trainer")
+    trainer, ckpt = make_trainer(trainer_cfg, run_dir, f"student_{key}", recipe.distill.fit.monitor)
+    resume = latest_checkpoint(run_dir, f"student_{key}")
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    if not ckpt.best_model_path:
+        raise CheckpointError(f"{ckpt.dirpath}: no validation checkpoint was saved (is the val split empty?)")
+    state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+    student = module.model
+    if trainer.is_global_zero:
+        save_student(student, run_dir / STUDENTS_DIR / key)
+    results = evaluate_splits(student, dm)
+    summary: dict[str, Any] = {split: r["metrics"] for split, r in results.items()}
+    summary["checkpoint"] = ckpt.best_model_path
+    update_metrics(run_dir, f"student_{key}", summary)
+    write_json(run_dir / "predictions" / f"student_{key}.json", {s: {"pred": r["pred"], "mos": r["mos"]} for s, r in results.items()})
+    return summary
+
+
+def stage_distill(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
+    """Train the student on labels + teacher targets, from the cache or with the teacher online."""
+    from kdiqa.cache import CachedViews
+    from kdiqa.distill.module import DistillModule
+    from kdiqa.stages import trained_teacher_path
+    from kdiqa.teacher import load_teacher
+
+    dm = IQADataModule(recipe.data, recipe.views)
+    dm.setup()
+    teacher = None
+    if recipe.distill.source == "cache":
+        train_set = CachedViews(
+            cache_path(recipe, run_dir), dm.splits["train"], make_sampler(recipe.views, train=True),
+            views=recipe.cache.epoch_views, features=sorted({p.target for p in recipe.distill.features}),
+        )
+        student = build_student(recipe, train_set.feature_shapes())
+        dm = _WithTrainSet(dm, train_set)
+    else:
+        teacher = load_teacher(_require_model(trained_teacher_path(recipe, run_dir), "kdiqa fit-teacher"))
+        student = build_student(recipe, _target_shapes(recipe, run_dir, dm))
+    module = DistillModule(student, recipe.distill.fit, recipe.distill, teacher=teacher, pool=recipe.cache.pool)
+    return _fit_student(recipe, run_dir, KD, module, dm)
+
+
+def _target_shapes(recipe: Recipe, run_dir: Path, dm: IQADataModule) -> dict[str, tuple[int, ...]]:
+    """Shapes of the teacher targets the student's projectors map to: from the cache, else the teacher."""
+    from kdiqa.cache import CachedViews
+    from kdiqa.stages import trained_teacher_path
+    from kdiqa.teacher import load_teacher
+
+    if not recipe.distill.features:
+        return {}
+    path = cache_path(recipe, run_dir)
+    if path.is_file():
+        return CachedViews(path, dm.splits["train"], make_sampler(recipe.views, train=True)).feature_shapes()
+    teacher = load_teacher(_require_model(trained_teacher_path(recipe, run_dir), "kdiqa fit-teacher"))
+    return _online_shapes(recipe, teacher)
+
+
+def stage_baseline(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
+    """The same student (projectors and head included) trained on labels only: what KD is measured against."""
+    from kdiqa.fit import MOSFitModule
+
+    dm = IQADataModule(recipe.data, recipe.views)
+    dm.setup()
+    student = build_student(recipe, _target_shapes(recipe, run_dir, dm))
+    return _fit_student(recipe, run_dir, BASELINE, MOSFitModule(student, recipe.distill.fit), dm)
+
+
+def stage_report(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
+    """report.md, plots and the summary table over every model this run produced."""
+    from kdiqa.evaluate import default_device
+    from kdiqa.report import ModelInfo, count_parameters, measure_latency, write_report
+    from kdiqa.stages import trained_teacher_path
+
+    candidates = [
+        (f"teacher ({recipe.teacher.name})", "teacher", trained_teacher_path(recipe, run_dir)),
+        (f"KD student ({recipe.student.options.get('backbone', recipe.student.name)})", f"student_{KD}", run_dir / STUDENTS_DIR / KD),
+        (f"label-only student ({recipe.student.options.get('backbone', recipe.student.name)})", f"student_{BASELINE}", run_dir / STUDENTS_DIR / BASELINE),
+    ]
+    device = str(default_device())
+    models = []
+    for label, key, path in candidates:
+        if (path / MODEL_CONFIG).is_file():
+            model = load_model(path)
+            median, spread = measure_latency(model, recipe.views.size, device=device)
+            models.append(ModelInfo(label, key, count_parameters(model), median, spread))
+    table = write_report(run_dir, models, title=f"kdiqa report: {recipe.name}")
+    print(table)
+    return {"report": str(run_dir / "report.md"), "models": [m.key for m in models]}

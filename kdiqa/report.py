@@ -1,0 +1,154 @@
+"""The run report: a table people read and plots they would rather look at.
+
+Reads what the stages left in the run folder (``metrics.json``, ``predictions/*.json``) and the saved
+models' sizes and speeds, and writes ``report.md`` plus PNG plots beside it.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdiqa.io import atomic_path
+
+
+@dataclass
+class ModelInfo:
+    label: str  # as shown in the report, e.g. "teacher (dpiqa tiny)"
+    key: str  # the key in metrics.json and predictions/<key>.json
+    params: int
+    latency_ms: float  # median, batch 1
+    latency_spread_ms: float  # interquartile range
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@torch.no_grad()
+def measure_latency(model: nn.Module, size: int, repeats: int = 20, warmup: int = 3, device: str = "cpu") -> tuple[float, float]:
+    """Median and interquartile range of batch-1 forward time in milliseconds, after warm-up."""
+    model = model.eval().to(device)
+    x = torch.rand(1, 3, size, size, device=device)
+    times = []
+    for i in range(warmup + repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        model(x)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append((time.perf_counter() - start) * 1000)
+    q = statistics.quantiles(times, n=4)
+    return statistics.median(times), q[2] - q[0]
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def summary_table(metrics: dict[str, Any], models: list[ModelInfo], split: str = "test") -> str:
+    """A markdown table: one row per model, test metrics, size and speed."""
+    head = "| model | SRCC | KRCC | PLCC (raw) | PLCC (logistic fit) | RMSE | params | latency, batch 1 (ms) |"
+    rows = [head, "|" + "---|" * 8]
+    for m in models:
+        r = metrics.get(m.key, {}).get(split, {})
+        rows.append(
+            f"| {m.label} | {_fmt(r.get('srcc', float('nan')))} | {_fmt(r.get('krcc', float('nan')))} | "
+            f"{_fmt(r.get('plcc', float('nan')))} | {_fmt(r.get('plcc_fitted', float('nan')))} | "
+            f"{_fmt(r.get('rmse', float('nan')))} | {m.params:,} | {m.latency_ms:.2f} ± {m.latency_spread_ms / 2:.2f} |"
+        )
+    return "\n".join(rows)
+
+
+def _save(fig: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+
+
+def plot_scatter(run_dir: Path, models: list[ModelInfo], split: str = "test") -> Path | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    found = [(m, json.loads((run_dir / "predictions" / f"{m.key}.json").read_text())) for m in models if (run_dir / "predictions" / f"{m.key}.json").is_file()]
+    found = [(m, p[split]) for m, p in found if split in p]
+    if not found:
+        return None
+    fig, axes = plt.subplots(1, len(found), figsize=(4 * len(found), 4), squeeze=False)
+    for ax, (m, p) in zip(axes[0], found, strict=True):
+        ax.scatter(p["mos"], p["pred"], s=6, alpha=0.5)
+        ax.set_xlabel("MOS (normalised)")
+        ax.set_ylabel("predicted")
+        ax.set_title(m.label, fontsize=9)
+    fig.suptitle(f"predicted vs MOS, {split} split")
+    path = run_dir / "plots" / f"scatter_{split}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def plot_bars(run_dir: Path, metrics: dict[str, Any], models: list[ModelInfo], split: str = "test") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = [m.label for m in models]
+    srcc = [metrics.get(m.key, {}).get(split, {}).get("srcc", np.nan) for m in models]
+    plcc = [metrics.get(m.key, {}).get(split, {}).get("plcc", np.nan) for m in models]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    x = np.arange(len(models))
+    ax1.bar(x - 0.2, srcc, 0.4, label="SRCC")
+    ax1.bar(x + 0.2, plcc, 0.4, label="PLCC (raw)")
+    ax1.set_xticks(x, labels, rotation=15, fontsize=8)
+    ax1.set_ylim(min(0.0, *(v for v in srcc + plcc if np.isfinite(v))), 1.0)
+    ax1.set_title(f"accuracy, {split} split")
+    ax1.legend()
+    ax2.scatter([m.latency_ms for m in models], [m.params for m in models], s=60)
+    for m in models:
+        ax2.annotate(m.label, (m.latency_ms, m.params), fontsize=8)
+    ax2.set_xscale("log")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("latency, batch 1 (ms)")
+    ax2.set_ylabel("parameters")
+    ax2.set_title("size and speed")
+    path = run_dir / "plots" / f"summary_{split}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
+def write_report(run_dir: Path, models: list[ModelInfo], title: str, notes: str = "") -> str:
+    """Write report.md and the plots; return the summary table (also printed by the CLI)."""
+    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    table = summary_table(metrics, models)
+    scatter = plot_scatter(run_dir, models)
+    bars = plot_bars(run_dir, metrics, models)
+    lines = [f"# {title}", "", table, ""]
+    if notes:
+        lines += [notes, ""]
+    lines += [
+        "SRCC/KRCC/PLCC/RMSE over the whole test split; PLCC (raw) is what pyiqa and DP-IQA report, "
+        "PLCC (logistic fit) follows the VQEG 4-parameter convention. Checkpoints were chosen on the "
+        "validation split. Latency: median of batch-1 forwards after warm-up on this run's device, ± half "
+        "the interquartile range.",
+        "",
+    ]
+    for plot in (scatter, bars):
+        if plot is not None:
+            lines.append(f"![{plot.stem}]({plot.relative_to(run_dir)})")
+    with atomic_path(run_dir / "report.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
+    return table

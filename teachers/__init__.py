@@ -1,1 +1,2 @@
 """Built-in teachers. Importing this package registers them in ``kdiqa.registry.TEACHERS``."""
+import teachers.dpiqa  # noqa: F401  (registers 'dpiqa')

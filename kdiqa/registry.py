@@ -103,5 +103,5 @@ def _where(obj: Any) -> str:
 
 TEACHERS = Registry("teachers", ["teachers"])
 STUDENTS = Registry("students", ["students"])
-DATASETS = Registry("datasets", ["kdiqa.data.formats"])
+DATASETS = Registry("datasets", ["kdiqa.data.formats", "kdiqa.data.mini"])
 LOSSES = Registry("losses", ["kdiqa.losses"])

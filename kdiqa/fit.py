@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from kdiqa.config.schema import FitConfig, OptimConfig
+from kdiqa.errors import ConfigError
 from kdiqa.losses import WeightedLoss
 from kdiqa.metrics import iqa_metrics
 from kdiqa.teacher import TeacherOutput
@@ -27,6 +28,15 @@ def predicted_score(out: Any) -> torch.Tensor:
     if isinstance(out, dict):
         return out["score"]
     return out
+
+
+def predicted_dist(out: Any) -> torch.Tensor | None:
+    """The score distribution (B, K) of a TeacherOutput or a student's output dict, if it has one."""
+    if isinstance(out, TeacherOutput):
+        return out.dist
+    if isinstance(out, dict):
+        return out.get("dist")
+    return None
 
 
 def build_optimizer(params: list[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -68,23 +78,57 @@ class MOSFitModule(pl.LightningModule):
         self.model = model
         self.fit_cfg = fit
         self.score_fn = score_fn
-        self.loss = WeightedLoss([(t.name, t.weight, dict(t.options)) for t in fit.losses])
-        self._outputs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {"val": [], "test": []}
+        # ``loss`` compares scores with the MOS (what subclasses reuse); terms with ``output: dist`` compare
+        # the model's score distribution with the label distribution (NIMA/TANet's EMD on AVA votes)
+        self.loss = WeightedLoss([(t.name, t.weight, dict(t.options)) for t in fit.losses if t.output == "score"])
+        dist_terms = [(t.name, t.weight, dict(t.options)) for t in fit.losses if t.output == "dist"]
+        self.dist_loss = WeightedLoss(dist_terms) if dist_terms else None
+        self._outputs: dict[str, list[tuple[torch.Tensor, ...]]] = {"val": [], "test": []}
 
     def forward(self, images: torch.Tensor) -> Any:
         return self.model(images)
 
+    def _dists(self, out: Any, batch: dict[str, Any]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """(predicted, label) distributions when a loss needs them; a one-line error when either is missing."""
+        if self.dist_loss is None:
+            return None, None
+        pred = predicted_dist(out)
+        if pred is None:
+            raise ConfigError("fit.losses: a term with output: dist needs a model with a score distribution "
+                              "(a teacher that outputs one, or a student with head: dist)")
+        if "dist" not in batch:
+            raise ConfigError("fit.losses: a term with output: dist needs a dataset with label distributions "
+                              "(e.g. ava's vote counts); this dataset has none")
+        return pred, batch["dist"]
+
+    def label_loss(
+        self, score: torch.Tensor, mos: torch.Tensor, dist: torch.Tensor | None = None, label_dist: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Score terms against the MOS plus distribution terms (logged as ``dist/<name>``)."""
+        total, parts = self.loss(score, mos) if len(self.loss.terms) else (score.sum() * 0.0, {})
+        if self.dist_loss is not None and dist is not None and label_dist is not None:
+            value, sub = self.dist_loss(dist.float(), label_dist.float())
+            total = total + value
+            parts = {**parts, **{f"dist/{k}": v for k, v in sub.items()}}
+        return total, parts
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        score = self.score_fn(self(batch["image"]))
-        total, parts = self.loss(score, batch["mos"])
+        out = self(batch["image"])
+        score = self.score_fn(out)
+        total, parts = self.label_loss(score, batch["mos"], *self._dists(out, batch))
         self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(score))
         for name, value in parts.items():
             self.log(f"train/{name}", value, batch_size=len(score))
         return total
 
     def _eval_step(self, batch: dict[str, Any], split: str) -> None:
-        score = self.score_fn(self(batch["image"]))
-        self._outputs[split].append((score.detach().float(), batch["mos"].detach().float()))
+        out = self(batch["image"])
+        score = self.score_fn(out)
+        kept: tuple[torch.Tensor, ...] = (score.detach().float(), batch["mos"].detach().float())
+        dist, label_dist = self._dists(out, batch)
+        if dist is not None and label_dist is not None:
+            kept += (dist.detach().float(), label_dist.detach().float())
+        self._outputs[split].append(kept)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -96,12 +140,14 @@ class MOSFitModule(pl.LightningModule):
         outputs, self._outputs[split] = self._outputs[split], []
         if not outputs:
             return
-        pred = torch.cat([p for p, _ in outputs])
-        target = torch.cat([t for _, t in outputs])
+        pred = torch.cat([o[0] for o in outputs])
+        target = torch.cat([o[1] for o in outputs])
+        dists = [torch.cat([o[i] for o in outputs]) for i in (2, 3)] if len(outputs[0]) == 4 else [None, None]
         if self.trainer.world_size > 1:  # metrics over the whole split, not per rank
             pred = self.all_gather(pred).reshape(-1)
             target = self.all_gather(target).reshape(-1)
-        loss, _ = self.loss(pred, target)
+            dists = [None if d is None else self.all_gather(d).reshape(-1, d.shape[-1]) for d in dists]
+        loss, _ = self.label_loss(pred, target, *dists)
         metrics = iqa_metrics(pred.cpu().numpy(), target.cpu().numpy())
         self.log(f"{split}/loss", loss, sync_dist=False)
         for key in ("srcc", "plcc", "krcc", "plcc_fitted", "rmse"):

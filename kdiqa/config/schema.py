@@ -82,6 +82,13 @@ class LossTerm:
     name: str = MISSING  # a registered loss: `kdiqa info losses`
     weight: float = 1.0
     options: dict[str, Any] = field(default_factory=dict)
+    # in fit.losses, the model output a term compares with its label: the score with the MOS, or the
+    # score distribution with the dataset's (AVA vote histograms; NIMA's EMD). Not called `on`: YAML
+    # reads that key as the boolean true.
+    output: str = "score"
+
+    def check(self, at: str) -> None:
+        _choice(f"{at}.output", self.output, ("score", "dist"))
 
 
 @dataclass
@@ -201,6 +208,16 @@ class DistillConfig:
 
     def check(self, at: str) -> None:
         _choice(f"{at}.source", self.source, ("cache", "online"))
+        for i, term in enumerate(self.fit.losses):
+            if term.output != "score":  # cached views carry the label score only; KD and baseline must agree
+                raise ConfigError(
+                    f"{at}.fit.losses[{i}].output: only 'score' labels are used in distillation "
+                    f"(got {term.output!r}); compare distributions with the teacher's through {at}.dist"
+                )
+        for key in ("teacher_score", "dist"):
+            for i, term in enumerate(getattr(self, key)):
+                if term.output != "score":
+                    raise ConfigError(f"{at}.{key}[{i}].output: has no meaning here (it is for fit.losses); remove it")
 
 
 @dataclass

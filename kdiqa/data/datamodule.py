@@ -60,6 +60,8 @@ class IQADataset(Dataset):
     def __init__(self, samples: Sequence[IQASample], sampler: ViewSampler):
         self.samples = list(samples)
         self.sampler = sampler
+        # label distributions (AVA votes) go into the batch only when every sample has one, so batches collate
+        self.has_dist = bool(self.samples) and all(s.dist is not None for s in self.samples)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -77,12 +79,15 @@ class IQADataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         sample = self.samples[index]
         image, params = self.view(index)
-        return {
+        item = {
             "image": image,
             "mos": torch.tensor(sample.mos, dtype=torch.float32),
             "index": index,
             "view": torch.from_numpy(params.to_array()),
         }
+        if self.has_dist:
+            item["dist"] = torch.tensor(sample.dist, dtype=torch.float32)
+        return item
 
 
 class IQADataModule(pl.LightningDataModule):

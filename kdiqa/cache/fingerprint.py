@@ -1,0 +1,147 @@
+"""Fingerprints: short digests that tell whether a cache still belongs to a recipe.
+
+A cache is only valid for the teacher that wrote it (config *and* weights: a fine-tuned teacher with
+the same config gives other targets), the image list and labels it indexes, the views it replays and
+the targets it stores. Each gets its own digest, so a refusal can say *which* of them changed.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from kdiqa.cache.errors import CacheError
+from kdiqa.cache.layout import dumps
+from kdiqa.data.sample import IQASample
+from kdiqa.data.views import ViewSampler
+
+DIGEST_BYTES = 16
+
+# what each fingerprint covers, for error messages
+MEANING = {
+    "teacher": "the teacher's config or weights changed",
+    "dataset": "the image list or labels changed",
+    "views": "the view policy (sampler, views per image, first view, seed) changed",
+    "targets": "the stored features, pooling or dtype changed",
+}
+
+
+def _digest() -> Any:
+    return hashlib.blake2b(digest_size=DIGEST_BYTES)
+
+
+def teacher_fingerprint(teacher: nn.Module) -> str:
+    """Digest of the teacher's registry name, config and every tensor of its state dict.
+
+    Hashing the weights costs a few seconds for a 1B-parameter teacher, once per cache run; it is
+    the only way to notice that a teacher was retrained under the same config.
+    """
+    h = _digest()
+    identity = {
+        "name": getattr(teacher, "name", "") or f"{type(teacher).__module__}.{type(teacher).__qualname__}",
+        "config": getattr(teacher, "config", {}),
+    }
+    h.update(dumps(_jsonable(identity)).encode())
+    for key, tensor in sorted(teacher.state_dict().items()):
+        data = tensor.detach().cpu().contiguous()
+        h.update(f"{key}|{data.dtype}|{tuple(data.shape)}".encode())
+        if data.numel():
+            h.update(data.reshape(-1).view(torch.uint8).numpy())
+    return h.hexdigest()
+
+
+def dataset_fingerprint(samples: Sequence[IQASample]) -> str:
+    """Digest of the ordered file list and labels (MOS and score distribution).
+
+    Paths are taken relative to the samples' common folder, so moving a dataset to another disk
+    keeps its caches valid, while adding, removing, reordering or relabelling images does not.
+    """
+    h = _digest()
+    paths = [os.path.abspath(s.path) for s in samples]
+    root = os.path.commonpath([os.path.dirname(p) for p in paths]) if paths else ""
+    h.update(str(len(paths)).encode())
+    for sample, path in zip(samples, paths, strict=True):
+        rel = os.path.relpath(path, root).replace(os.sep, "/")
+        dist = None if sample.dist is None else [float(v) for v in sample.dist]
+        h.update(dumps([rel, float(sample.mos), dist]).encode())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def view_fingerprint(sampler: ViewSampler, views_per_image: int, first_view_eval: bool, seed: int) -> str:
+    """Digest of everything that decides which views are drawn and how they are rendered."""
+    policy = {
+        "sampler": sampler.as_dict(),
+        "views_per_image": int(views_per_image),
+        "first_view_eval": bool(first_view_eval),
+        "seed": int(seed),
+    }
+    return _digest_of(policy)
+
+
+def targets_fingerprint(features: Sequence[str], pool: Mapping[str, Any], dtype: str) -> str:
+    """Digest of what is stored per view: feature names, their pooling, the feature dtype."""
+    return _digest_of({"features": list(features), "pool": {k: pool[k] for k in sorted(pool)}, "dtype": dtype})
+
+
+def compute_fingerprints(
+    teacher: nn.Module,
+    samples: Sequence[IQASample],
+    sampler: ViewSampler,
+    *,
+    views_per_image: int,
+    first_view_eval: bool,
+    seed: int,
+    features: Sequence[str],
+    pool: Mapping[str, Any],
+    dtype: str,
+) -> dict[str, str]:
+    return {
+        "teacher": teacher_fingerprint(teacher),
+        "dataset": dataset_fingerprint(samples),
+        "views": view_fingerprint(sampler, views_per_image, first_view_eval, seed),
+        "targets": targets_fingerprint(features, pool, dtype),
+    }
+
+
+def check_fingerprints(
+    where: str, stored: Mapping[str, str], expected: Mapping[str, str] | None, hint: str
+) -> None:
+    """Raise a one-line CacheError naming the first fingerprint that differs (or is missing)."""
+    for key, value in (expected or {}).items():
+        have = stored.get(key)
+        if have != value:
+            why = MEANING.get(key, f"the {key!r} fingerprint changed")
+            have_text = "none" if have is None else have[:12]
+            raise CacheError(
+                f"{where}: {key} fingerprint differs (cache {have_text}, expected {str(value)[:12]}): "
+                f"{why} since the cache was written; {hint}"
+            )
+
+
+def _digest_of(obj: Any) -> str:
+    h = _digest()
+    h.update(dumps(_jsonable(obj)).encode())
+    return h.hexdigest()
+
+
+def _jsonable(obj: Any) -> Any:
+    """Plain JSON types (OmegaConf containers and tuples become dicts and lists)."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, float, bool)) or obj is None:
+        return obj
+    try:  # OmegaConf ListConfig and friends
+        from omegaconf import OmegaConf
+
+        if OmegaConf.is_config(obj):
+            return _jsonable(OmegaConf.to_container(obj, resolve=True))
+    except ImportError:  # pragma: no cover
+        pass
+    return str(obj)

@@ -1,0 +1,133 @@
+"""Join shard files into one cache through HDF5 virtual datasets (no data is copied).
+
+Shard ``i`` of ``n`` holds a contiguous run of rows (whole batches, see :mod:`kdiqa.cache.plan`); the
+merged file at the cache path maps each of its datasets onto the shards' datasets, row range by row
+range, with source file names relative to its own folder (HDF5 resolves them there), so the folder can
+be moved as a whole. The shard files must stay beside it: readers check that they do.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from kdiqa import __version__
+from kdiqa.cache import layout as L
+from kdiqa.cache.errors import CacheError
+from kdiqa.cache.fingerprint import check_fingerprints
+from kdiqa.cache.status import find_shards, incomplete_message, open_readonly, read_header, require_complete
+from kdiqa.io import atomic_path
+
+# meta entries that legitimately differ between shards
+_PER_SHARD = ("rows", "shard", "compression")
+
+
+def merge_shards(
+    path: str | os.PathLike,
+    *,
+    expected_fingerprints: Mapping[str, str] | None = None,
+    force: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Write ``path`` as a virtual cache over its finished shards ``<path>.shard-i-of-n.h5``.
+
+    Refuses (one line, naming the shard) when a shard is missing or unfinished, when shards disagree
+    on fingerprints or layout, or when their rows do not tile the whole cache. An existing merged file
+    that already matches is kept; any other file at ``path`` needs ``force``. Returns a summary dict
+    (path, views, shards).
+    """
+    path = Path(path)
+    shards = find_shards(path)
+    if not shards:
+        raise CacheError(f"{path}: no shard files ({path.name}.shard-i-of-n.h5) to merge")
+    if len(shards) > 1:
+        counts = ", ".join(str(c) for c in sorted(shards))
+        raise CacheError(f"{path}: shard files from runs split {counts} ways lie side by side; delete the stale ones")
+    count = next(iter(shards))
+    files = shards[count]
+    for i in range(count):
+        if i not in files or files[i].name.endswith(L.PARTIAL_SUFFIX):
+            raise CacheError(incomplete_message(path))
+    headers = [read_header(files[i]) for i in range(count)]
+    for i, header in enumerate(headers):
+        if not header["complete"]:
+            raise CacheError(f"{files[i]}: shard is not marked complete; rerun `kdiqa cache RECIPE --shard {i}/{count}`")
+    _check_consistent(path, files, headers, expected_fingerprints)
+
+    if path.exists() and not force:
+        existing = require_complete(path)
+        if sorted(existing["meta"].get("merged_from") or []) == sorted(f.name for f in files.values()) and (
+            existing["fingerprints"] == headers[0]["fingerprints"]
+        ):
+            _say(progress, f"cache: {path} already joins these {count} shards; nothing to do")
+            return {"path": str(path), "views": existing["rows"], "shards": count}
+        raise CacheError(f"{path}: a different cache already exists here; pass --force (force=True) to replace it")
+
+    total = headers[0]["meta"]["total_rows"]
+    with open_readonly(files[0]) as first:
+        specs = {name: (ds.shape[1:], ds.dtype) for name, ds in _datasets(first).items()}
+        attrs = dict(first.attrs)
+    meta = dict(headers[0]["meta"])
+    meta.update(rows=[0, total], shard=[0, 1], merged_from=[files[i].name for i in range(count)],
+                compression=",".join(sorted({h["meta"].get("compression", "none") for h in headers})))
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as out:
+            for key, value in attrs.items():
+                out.attrs[key] = value
+            out.attrs[L.ATTR_VERSION] = __version__
+            out.attrs[L.ATTR_META] = L.dumps(meta)
+            out.attrs[L.ATTR_COMPLETE] = np.int8(1)
+            for name, (shape, dtype) in specs.items():
+                layout = h5py.VirtualLayout(shape=(total, *shape), dtype=dtype)
+                for i, header in enumerate(headers):
+                    a, b = header["meta"]["rows"]
+                    layout[a:b] = h5py.VirtualSource(files[i].name, name, shape=(b - a, *shape))
+                out.create_virtual_dataset(name, layout)
+    _say(progress, f"cache: joined {count} shards into {path} ({total} views, no data copied)")
+    return {"path": str(path), "views": total, "shards": count}
+
+
+def _check_consistent(path: Path, files: dict[int, Path], headers: list[dict[str, Any]],
+                      expected: Mapping[str, str] | None) -> None:
+    first = headers[0]
+    check_fingerprints(str(files[0]), first["fingerprints"], expected, "rebuild the shards for this recipe")
+    same_meta = {k: v for k, v in first["meta"].items() if k not in _PER_SHARD}
+    layouts = []
+    for i, header in enumerate(headers):
+        if header["fingerprints"] != first["fingerprints"]:
+            differ = sorted(k for k in set(first["fingerprints"]) | set(header["fingerprints"])
+                            if first["fingerprints"].get(k) != header["fingerprints"].get(k))
+            raise CacheError(f"{files[i]}: {', '.join(differ)} fingerprint differs from shard 0's; rebuild the stale shard")
+        meta = {k: v for k, v in header["meta"].items() if k not in _PER_SHARD}
+        if meta != same_meta:
+            key = next(k for k in set(meta) | set(same_meta) if meta.get(k) != same_meta.get(k))
+            raise CacheError(f"{files[i]}: {key!r} differs from shard 0's ({meta.get(key)!r} vs {same_meta.get(key)!r})")
+        with open_readonly(files[i]) as f:
+            layouts.append({name: (ds.shape[1:], str(ds.dtype)) for name, ds in _datasets(f).items()})
+        if layouts[-1] != layouts[0]:
+            raise CacheError(f"{files[i]}: holds other datasets, shapes or dtypes than shard 0")
+    position = 0
+    for i, header in enumerate(headers):
+        a, b = header["meta"]["rows"]
+        if a != position:
+            raise CacheError(f"{files[i]}: starts at row {a}, expected {position} (shards written with different batch sizes?)")
+        position = b
+    if position != first["meta"]["total_rows"]:
+        raise CacheError(f"{path}: shards hold {position} rows, the cache needs {first['meta']['total_rows']}")
+
+
+def _datasets(f: h5py.File) -> dict[str, h5py.Dataset]:
+    found: dict[str, h5py.Dataset] = {}
+    f.visititems(lambda name, obj: found.__setitem__(name, obj) if isinstance(obj, h5py.Dataset) else None)
+    return dict(sorted(found.items()))
+
+
+def _say(enabled: bool, message: str) -> None:
+    if enabled:
+        import sys
+
+        print(message, file=sys.stderr, flush=True)

@@ -67,8 +67,10 @@ def model_image_size(model: Any, size: int | None) -> int | tuple[int, int]:
 @torch.no_grad()
 def predict_paths(model_dir: str | Path, paths: Sequence[str | Path], out: str | Path | None = None, batch_size: int = 32, size: int | None = None) -> list[dict[str, Any]]:
     from kdiqa.distill.stages import load_model
+    from kdiqa.exported import is_exported_file, load_exported
 
-    model = load_model(model_dir)
+    # an exported .onnx / TorchScript file runs through its own runtime behind the same interface
+    model = load_exported(model_dir) if is_exported_file(model_dir) else load_model(model_dir)
     device = default_device()
     model.eval().to(device)
     sampler = ViewSampler(model_image_size(model, size), train=False)

@@ -39,7 +39,7 @@ def trained_teacher_path(recipe: Recipe, run_dir: Path) -> Path:
 def stage_fit_teacher(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
     from kdiqa.evaluate import evaluate_splits
     from kdiqa.fit import MOSFitModule
-    from kdiqa.trainer import latest_checkpoint, make_trainer, merge_trainer
+    from kdiqa.trainer import exit_unless_rank_zero, latest_checkpoint, make_trainer, merge_trainer
 
     if recipe.teacher.checkpoint:
         return {"skipped": f"teacher.checkpoint is set ({recipe.teacher.checkpoint})"}
@@ -52,13 +52,13 @@ def stage_fit_teacher(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
     trainer, ckpt = make_trainer(trainer_cfg, run_dir, "teacher", recipe.teacher.fit.monitor)
     resume = latest_checkpoint(run_dir, "teacher")
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    exit_unless_rank_zero(trainer)
     best = ckpt.best_model_path
     if not best:
         raise CheckpointError(f"{ckpt.dirpath}: no validation checkpoint was saved (is the val split empty?)")
-    if trainer.is_global_zero:
-        state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-        module.load_state_dict(state)
-        save_teacher(teacher, run_dir / TEACHER_DIR)
+    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
+    module.load_state_dict(state)
+    save_teacher(teacher, run_dir / TEACHER_DIR)
     results = evaluate_splits(teacher, dm)
     summary = {split: r["metrics"] for split, r in results.items()}
     summary["checkpoint"] = best

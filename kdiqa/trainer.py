@@ -89,5 +89,16 @@ def make_trainer(cfg: TrainerConfig, run_dir: Path, name: str, monitor: str) -> 
         enable_model_summary=False,
         deterministic=cfg.deterministic,
         num_sanity_val_steps=0,
+        sync_batchnorm=cfg.sync_batchnorm,
     )
     return trainer, checkpoint
+
+
+def exit_unless_rank_zero(trainer: pl.Trainer) -> None:
+    """After a multi-process fit, only rank 0 goes on to save, evaluate and report.
+
+    The other ranks' work ended with the fit; letting them continue would evaluate and write the
+    same files once per process.
+    """
+    if not trainer.is_global_zero:
+        raise SystemExit(0)

@@ -13,7 +13,8 @@ from torch import nn
 from kdiqa.registry import TEACHERS
 from kdiqa.teacher import Teacher, TeacherOutput
 
-torch.set_num_threads(2)
+# tiny models: one thread avoids the two cores waiting on each other (measured 2-100x faster here)
+torch.set_num_threads(1)
 
 
 def make_blur_dataset(root: Path, n: int = 48, size: int = 24, seed: int = 0) -> Path:

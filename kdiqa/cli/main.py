@@ -120,6 +120,43 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from kdiqa.export import export_student
+
+    meta = export_student(
+        args.checkpoint, args.format, out=args.out, dynamic_batch=args.dynamic_batch, batch_size=args.batch_size,
+        opset=args.opset, exporter=args.exporter, tolerance=args.tolerance,
+    )
+    parity = meta["parity"]
+    checked = f"max |diff| {parity['max_abs_diff']:.2e} <= {parity['tolerance']:g}" if parity["checked"] else "parity NOT checked"
+    print(f"exported {meta['format']}: {meta['path']} (input {meta['input']['size']}, {checked})")
+    print(f"input convention: {meta['path']}.json")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``kdiqa bench RECIPE --students a,b``: size, FLOPs, speed, memory (and SRCC with --distill) per backbone."""
+    import torch
+
+    from kdiqa.bench import run_bench, write_bench
+    from kdiqa.run import prepare_run
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise KdiqaError(f"bench --threads: must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    recipe = _recipe(args)
+    run_dir = prepare_run(recipe)
+    rows = run_bench(
+        recipe, run_dir, [s.strip() for s in args.students.split(",") if s.strip()], teacher=args.teacher,
+        distill=args.distill, repeats=args.repeats, teacher_repeats=args.teacher_repeats, warmup=args.warmup,
+        batch=args.batch, teacher_batch=args.teacher_batch,
+    )
+    print(write_bench(run_dir, rows, recipe.name))
+    print(f"wrote {run_dir / 'bench.csv'}, {run_dir / 'bench.md'}, {run_dir / 'bench_pareto.png'}")
+    return 0
+
+
 def cmd_data_info(args: argparse.Namespace) -> int:
     from kdiqa.data.datamodule import IQADataModule
 
@@ -200,12 +237,37 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="score images (files, folders or a CSV with a `path` column) with a saved model")
     p.add_argument("paths", nargs="+", help="image files, folders, or CSV files")
-    p.add_argument("--model", required=True, help="a saved student or teacher folder")
+    p.add_argument("--model", required=True, help="a saved student or teacher folder, or an exported .onnx / TorchScript .pt file")
     p.add_argument("--output", help="write results to this .csv or .json (default: print CSV)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--size", type=int, help="input side in pixels (default: the model's image_size)")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="export a saved student to ONNX or TorchScript, verified against PyTorch")
+    p.add_argument("checkpoint", help="a saved student folder (model.safetensors + config.json)")
+    p.add_argument("--format", choices=["onnx", "torchscript"], default="onnx")
+    p.add_argument("--dynamic-batch", action="store_true", help="let the batch axis vary (checked at batch 1 and 7)")
+    p.add_argument("--batch-size", type=int, default=1, help="the fixed batch size without --dynamic-batch (default: 1)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: 17 legacy, 18 dynamo)")
+    p.add_argument("--exporter", choices=["legacy", "dynamo"], default="legacy", help="torch ONNX exporter (default: legacy)")
+    p.add_argument("--tolerance", type=float, default=1e-4, help="max |exported - PyTorch| allowed (default: 1e-4)")
+    p.add_argument("--out", help="output file (default: CHECKPOINT/model.onnx or CHECKPOINT/model.torchscript.pt)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("bench", help="compare student backbones: parameters, FLOPs, latency, throughput, memory, SRCC")
+    _common(p)
+    p.add_argument("--students", required=True, help="comma-separated timm backbones, e.g. efficientnet_b0,mobilenetv3_large_100")
+    p.add_argument("--teacher", default="sd15", help="the teacher row: none, tiny, sd15, sd21 (DP-IQA, random weights), trained (the recipe's fitted teacher) or a saved teacher folder (default: sd15)")
+    p.add_argument("--distill", action="store_true", help="distil each student from the recipe's complete cache with its schedule, for SRCC/PLCC")
+    p.add_argument("--repeats", type=int, default=10, help="timed forwards per student and batch size (default: 10)")
+    p.add_argument("--teacher-repeats", type=int, default=2, help="timed forwards of the teacher (default: 2)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed forwards per student before timing (default: 2)")
+    p.add_argument("--batch", type=int, default=32, help="batch size of the students' throughput and memory (default: 32)")
+    p.add_argument("--teacher-batch", type=int, default=4, help="batch size of the teacher's throughput and memory (default: 4)")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is often faster on a busy machine)")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("eval", help="evaluate a saved model on each split (SRCC, KRCC, PLCC raw and fitted, RMSE)")
     _common(p)
@@ -238,7 +300,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # overrides may follow options (`kdiqa run quickstart -o out key=value`): argparse stops
+    # collecting positionals at the first option, so gather the key=value strings it left over
+    args, extra = parser.parse_known_args(argv)
+    stray = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
+    if stray:
+        parser.error(f"unrecognized arguments: {' '.join(stray)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         return int(args.func(args) or 0)
     except KdiqaError as exc:

@@ -50,6 +50,7 @@ class DataConfig:
     batch_size: int = 32
     eval_batch_size: int = 64
     num_workers: int = 0
+    shuffle: bool = True  # shuffle training samples each epoch (off: fixed order, e.g. to compare runs)
 
     def check(self, at: str) -> None:
         _choice(f"{at}.on_bad_row", self.on_bad_row, ("error", "skip"))
@@ -128,6 +129,7 @@ class TrainerConfig:
     logger: str = "csv"
     progress_bar: bool = True
     deterministic: bool = False
+    sync_batchnorm: bool = False  # under DDP, BatchNorm statistics over the global batch
 
     def check(self, at: str) -> None:
         _choice(f"{at}.logger", self.logger, ("csv", "tensorboard", "none"))

@@ -127,11 +127,11 @@ class IQADataModule(pl.LightningDataModule):
             shuffle=shuffle,
             num_workers=workers,
             persistent_workers=workers > 0,
-            drop_last=shuffle and len(self.splits[split]) > batch_size,
+            drop_last=split == "train" and len(self.splits[split]) > batch_size,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True, self.data_cfg.batch_size)
+        return self._loader("train", self.data_cfg.shuffle, self.data_cfg.batch_size)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", False, self.data_cfg.eval_batch_size)

@@ -84,7 +84,7 @@ class _WithTrainSet(IQADataModule):
         return DataLoader(
             self.train_set,
             batch_size=self.data_cfg.batch_size,
-            shuffle=True,
+            shuffle=self.data_cfg.shuffle,
             num_workers=workers,
             persistent_workers=workers > 0,
             drop_last=len(self.train_set) > self.data_cfg.batch_size,
@@ -121,20 +121,20 @@ def _online_shapes(recipe: Recipe, teacher: nn.Module) -> dict[str, tuple[int, .
 def _fit_student(recipe: Recipe, run_dir: Path, key: str, module: Any, dm: IQADataModule) -> dict[str, Any]:
     """Fit, keep the validation-best weights, save the student, evaluate val and test once."""
     from kdiqa.evaluate import evaluate_splits
-    from kdiqa.trainer import latest_checkpoint, make_trainer, merge_trainer
+    from kdiqa.trainer import exit_unless_rank_zero, latest_checkpoint, make_trainer, merge_trainer
     from students.student import save_student
 
     trainer_cfg = merge_trainer(recipe.trainer, recipe.distill.fit.trainer, "distill.fit.trainer")
     trainer, ckpt = make_trainer(trainer_cfg, run_dir, f"student_{key}", recipe.distill.fit.monitor)
     resume = latest_checkpoint(run_dir, f"student_{key}")
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    exit_unless_rank_zero(trainer)
     if not ckpt.best_model_path:
         raise CheckpointError(f"{ckpt.dirpath}: no validation checkpoint was saved (is the val split empty?)")
     state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
     module.load_state_dict(state)
     student = module.model
-    if trainer.is_global_zero:
-        save_student(student, run_dir / STUDENTS_DIR / key)
+    save_student(student, run_dir / STUDENTS_DIR / key)
     results = evaluate_splits(student, dm)
     summary: dict[str, Any] = {split: r["metrics"] for split, r in results.items()}
     summary["checkpoint"] = ckpt.best_model_path

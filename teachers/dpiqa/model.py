@@ -17,7 +17,9 @@ rebuilds with random weights and loads everything back without the SD checkpoint
 Input: views in [0, 1] (kdiqa's convention). ``input_range="[-1,1]"`` (default) maps them to
 [-1, 1] inside, the range the VAE was trained on; ``input_range="[0,1]"`` feeds them unchanged,
 as the official code does, for weights trained by it. Both the VAE and the image adapter see the same
-tensor.
+tensor; with ``image_adapter.input: rgb+lcn`` the adapter also gets that image's local contrast
+normalisation as three more channels (what a small adapter trained from scratch learns quality from
+fastest; see :func:`teachers.dpiqa.adapters.local_contrast_normalise`).
 
 Trainable parts (``requires_grad``; :meth:`DPIQATeacher.trainable_parameters` lists them): the image
 adapter (unless ``image_adapter.trainable`` is false), the text adapter, the decoder and the U-Net per
@@ -40,10 +42,12 @@ from kdiqa.errors import CheckpointError, ConfigError
 from kdiqa.registry import TEACHERS
 from kdiqa.teacher import Teacher, TeacherOutput
 from teachers.dpiqa.adapters import (
+    IMAGE_ADAPTER_INPUTS,
     TextAdapter,
     build_image_adapter,
     build_prompts,
     encode_prompts,
+    image_adapter_input,
     random_prompt_embeddings,
     read_prompt_embeddings,
 )
@@ -109,7 +113,7 @@ class DPIQATeacher(Teacher):
       text_encoder       CLIP folder to encode the prompts (default: the checkpoint's text_encoder/)
       prompt_embeddings  (N, D) embedding file, or "random"
     Architecture: unet, vae (diffusers configs), image_adapter {enabled, adapter_type, num_res_blocks,
-    trainable}, text_adapter {hidden, gamma_init}, decoder {width, head_channels, mlp_hidden, map_size,
+    trainable, input ("rgb" official | "rgb+lcn")}, text_adapter {hidden, gamma_init}, decoder {width, head_channels, mlp_hidden, map_size,
     se_reduction}, prompt_template/qualities/scenes/distortions, image_size (nominal, for shapes).
     Forward: input_range, latent ("mean" | "sample"), latent_stats ([mean, std] → standardise instead of
     SD's scaling factor), timestep, noise_std, seed (None: unseeded sampling). Training:
@@ -175,6 +179,8 @@ class DPIQATeacher(Teacher):
         unet_cfg = _public_config(components.unet.config) if components else _merge(defaults["unet"], unet, "unet")
         vae_cfg = _public_config(components.vae.config) if components else _merge(defaults["vae"], vae, "vae")
         image_adapter_cfg = _merge(defaults["image_adapter"], image_adapter, "image_adapter")
+        image_adapter_cfg.setdefault("input", "rgb")
+        _check_choice("image_adapter.input", image_adapter_cfg["input"], tuple(IMAGE_ADAPTER_INPUTS))
         text_adapter_cfg = _merge(defaults["text_adapter"], text_adapter, "text_adapter")
         decoder_cfg = _merge(defaults["decoder"], decoder, "decoder")
         prompt_template = prompt_template or defaults["prompt_template"]
@@ -207,7 +213,7 @@ class DPIQATeacher(Teacher):
         self.image_adapter = (
             build_image_adapter(
                 channels, self.vae_downscale, int(image_adapter_cfg["num_res_blocks"]),
-                image_adapter_cfg.get("adapter_type", "full_adapter"),
+                image_adapter_cfg.get("adapter_type", "full_adapter"), image_adapter_cfg["input"],
             )
             if image_adapter_cfg.get("enabled", True)
             else None
@@ -360,7 +366,10 @@ class DPIQATeacher(Teacher):
         batch = images.shape[0]
         tokens = self.text_adapter(self.prompt_embeddings).unsqueeze(0).expand(batch, -1, -1)
         # the U-Net pops residuals off this list: it must be a fresh list on every call
-        residuals = list(self.image_adapter(x)) if self.image_adapter is not None else None
+        residuals = None
+        if self.image_adapter is not None:
+            adapter_in = image_adapter_input(images, x, self.config["image_adapter"]["input"])
+            residuals = list(self.image_adapter(adapter_in))
         timesteps = torch.full((batch,), self.config["timestep"], dtype=torch.long, device=images.device)
         up = self._run_unet(latents, timesteps, tokens, residuals)
         score, quality_map = self.decoder(up)

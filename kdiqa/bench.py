@@ -350,7 +350,8 @@ def run_bench(
         if distill:
             say(f"== distilling {backbone} from {cache_path(recipe, run_dir)}")
             model, metrics = distill_student(recipe, run_dir, backbone)
-            entry = _Entry(f"KD student {backbone}", "student", backbone, model, size, batch, repeats, warmup, metrics=metrics)
+            entry = _Entry(f"KD student {backbone}", "student", backbone, model, size, batch, repeats, warmup, metrics=metrics,
+                           note="timed as saved after distillation (its projectors run in the forward too)")
         else:
             model, note = bench_student(recipe, backbone)
             entry = _Entry(backbone, "student", backbone, model, size, batch, repeats, warmup, note=note)

@@ -19,6 +19,10 @@ def prepare_run(recipe: Recipe) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     save_recipe(recipe, run_dir / "recipe.yaml")
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
+    if recipe.threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, recipe.threads))
     return run_dir
 
 

@@ -5,6 +5,7 @@ a small summary; later stages find earlier outputs in the same folder, so any st
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import torch
 
 from kdiqa.config import Recipe
+from kdiqa.config.schema import DataConfig, FitConfig
 from kdiqa.data.datamodule import IQADataModule
 from kdiqa.errors import CheckpointError, ConfigError
 from kdiqa.io import write_json
@@ -29,6 +31,11 @@ def stage_data(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
+def data_for(data: DataConfig, fit: FitConfig) -> DataConfig:
+    """The data section with a stage's own training batch size (teachers and students differ)."""
+    return data if fit.batch_size is None else dataclasses.replace(data, batch_size=fit.batch_size)
+
+
 def trained_teacher_path(recipe: Recipe, run_dir: Path) -> Path:
     """Where the teacher comes from: ``teacher.checkpoint`` if given, else this run's fitted one."""
     if recipe.teacher.checkpoint:
@@ -43,7 +50,7 @@ def stage_fit_teacher(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
 
     if recipe.teacher.checkpoint:
         return {"skipped": f"teacher.checkpoint is set ({recipe.teacher.checkpoint})"}
-    dm = IQADataModule(recipe.data, recipe.views)
+    dm = IQADataModule(data_for(recipe.data, recipe.teacher.fit), recipe.views)
     dm.setup()
     teacher: Teacher = TEACHERS.build(recipe.teacher.name, **recipe.teacher.options)
     teacher.prepare(dm.train_dataloader())

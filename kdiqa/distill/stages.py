@@ -147,10 +147,10 @@ def stage_distill(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
     """Train the student on labels + teacher targets, from the cache or with the teacher online."""
     from kdiqa.cache import CachedViews
     from kdiqa.distill.module import DistillModule
-    from kdiqa.stages import trained_teacher_path
+    from kdiqa.stages import data_for, trained_teacher_path
     from kdiqa.teacher import load_teacher
 
-    dm = IQADataModule(recipe.data, recipe.views)
+    dm = IQADataModule(data_for(recipe.data, recipe.distill.fit), recipe.views)
     dm.setup()
     teacher = None
     if recipe.distill.source == "cache":
@@ -185,8 +185,9 @@ def _target_shapes(recipe: Recipe, run_dir: Path, dm: IQADataModule) -> dict[str
 def stage_baseline(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
     """The same student (projectors and head included) trained on labels only: what KD is measured against."""
     from kdiqa.fit import MOSFitModule
+    from kdiqa.stages import data_for
 
-    dm = IQADataModule(recipe.data, recipe.views)
+    dm = IQADataModule(data_for(recipe.data, recipe.distill.fit), recipe.views)
     dm.setup()
     student = build_student(recipe, _target_shapes(recipe, run_dir, dm))
     return _fit_student(recipe, run_dir, BASELINE, MOSFitModule(student, recipe.distill.fit), dm)

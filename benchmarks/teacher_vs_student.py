@@ -28,6 +28,14 @@ from kdiqa.bench import count_flops, machine_context, percentile, time_interleav
 from kdiqa.registry import STUDENTS, TEACHERS  # noqa: E402
 
 
+def gflops(flops: int) -> str:
+    return f"{flops / 1e9:.1f}" if flops >= 1e10 else f"{flops / 1e9:.3g}"
+
+
+def ratio(value: float) -> str:
+    return f"{value:.0f}x" if value >= 10 else f"{value:.2f}x"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512)
@@ -81,8 +89,8 @@ def main() -> None:
     for k in models:
         spread = f"{ms[k]:.1f} ({1000 * percentile(times[k], 10):.1f}-{1000 * percentile(times[k], 90):.1f})"
         ratios = ("", "", "") if k == teacher_name else (
-            f"{params[teacher_name] / params[k]:.3g}x", f"{flops[teacher_name] / flops[k]:.3g}x", f"{ms[teacher_name] / ms[k]:.3g}x")
-        print(f"{k:<24}{params[k] / 1e6:>12.2f}{flops[k] / 1e9:>10.3g}{spread:>32}{ratios[0]:>14}{ratios[1]:>13}{ratios[2]:>10}")
+            ratio(params[teacher_name] / params[k]), ratio(flops[teacher_name] / flops[k]), ratio(ms[teacher_name] / ms[k]))
+        print(f"{k:<24}{params[k] / 1e6:>12.2f}{gflops(flops[k]):>10}{spread:>32}{ratios[0]:>14}{ratios[1]:>13}{ratios[2]:>10}")
     print("# ratios = teacher / student; speed-up = teacher latency / student latency (goal >= 100x)")
 
 

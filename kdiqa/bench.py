@@ -434,6 +434,11 @@ def _num(value: float, digits: int) -> str:
     return "n/a" if isinstance(value, float) and math.isnan(value) else f"{value:.{digits}f}"
 
 
+def _sig(value: float) -> str:
+    """Three significant digits without scientific notation (1,065 rather than 1.06e+03)."""
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
+
+
 def format_table(rows: Sequence[BenchRow]) -> str:
     """The markdown table of bench.md (also what the CLI prints)."""
     head = ("| model | params (M) | GFLOPs/img | latency b1 (ms) median (p10–p90) | throughput (img/s) median (p10–p90) "
@@ -441,9 +446,9 @@ def format_table(rows: Sequence[BenchRow]) -> str:
     lines = [head, "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(
-            f"| {r.model} | {r.params / 1e6:.3g} | {r.gflops:.3g} | {r.latency_ms:.2f} ({r.latency_p10_ms:.2f}–{r.latency_p90_ms:.2f}) "
-            f"| {r.throughput_img_s:.1f} ({r.throughput_p10_img_s:.1f}–{r.throughput_p90_img_s:.1f}) @ b{r.throughput_batch} "
-            f"| {r.peak_memory_mb:.1f} | {_num(r.srcc, 4)} | {_num(r.plcc, 4)} |"
+            f"| {r.model} | {_sig(r.params / 1e6)} | {_sig(r.gflops)} | {_sig(r.latency_ms)} ({_sig(r.latency_p10_ms)}–{_sig(r.latency_p90_ms)}) "
+            f"| {_sig(r.throughput_img_s)} ({_sig(r.throughput_p10_img_s)}–{_sig(r.throughput_p90_img_s)}) @ b{r.throughput_batch} "
+            f"| {_sig(r.peak_memory_mb)} | {_num(r.srcc, 4)} | {_num(r.plcc, 4)} |"
         )
     return "\n".join(lines)
 
@@ -457,6 +462,14 @@ def write_csv(path: Path, rows: Sequence[BenchRow]) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(buffer.getvalue())
     return path
+
+
+def read_csv(path: str | Path) -> list[BenchRow]:
+    """Rows of a bench.csv (to redraw the table or plot, or to compare runs)."""
+    types = {f.name: f.type for f in fields(BenchRow)}
+    convert = {"int": int, "float": float, "str": str}
+    with open(path, newline="") as f:
+        return [BenchRow(**{k: convert[types[k]](v) for k, v in row.items()}) for row in csv.DictReader(f)]
 
 
 def pareto_front(points: Sequence[tuple[float, float]], maximise_y: bool) -> list[int]:
@@ -488,12 +501,17 @@ def plot_pareto(rows: Sequence[BenchRow], path: Path) -> tuple[Path, str]:
     colours = ["tab:red" if r.kind == "teacher" else "tab:blue" for r in shown]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.scatter(xs, ys, s=sizes, c=colours, alpha=0.6, edgecolors="k", linewidths=0.5)
-    for r, x, y in zip(shown, xs, ys, strict=True):
-        ax.annotate(f"{r.model}\n{r.params / 1e6:.2f} M", (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    rank = {i: k for k, i in enumerate(sorted(range(len(shown)), key=lambda i: xs[i]))}
+    for i, (r, x, y) in enumerate(zip(shown, xs, ys, strict=True)):
+        label = r.backbone if r.kind == "student" else r.model
+        below = rank[i] % 2 == 1  # neighbours in latency alternate above/below their point
+        ax.annotate(f"{label}\n{_sig(r.params / 1e6)} M", (x, y), fontsize=7, xytext=(5, -20 if below else 5),
+                    textcoords="offset points")
     front = pareto_front(list(zip(xs, ys, strict=True)), maximise_y=mode == "srcc")
     if len(front) > 1:
         ax.step([xs[i] for i in front], [ys[i] for i in front], where="post", color="tab:green", lw=1, label="Pareto front")
         ax.legend(fontsize=8)
+    ax.margins(0.12)
     ax.set_xscale("log")
     ax.set_xlabel(f"latency, batch 1, {shown[0].device} (ms, log)")
     if mode == "srcc":

@@ -6,7 +6,16 @@ import pytest
 import torch
 from torch import nn
 
-from kdiqa.bench import BENCH_COLUMNS, LiveTensorBytes, count_flops, pareto_front, peak_memory, percentile, time_interleaved
+from kdiqa.bench import (
+    BENCH_COLUMNS,
+    LiveTensorBytes,
+    count_flops,
+    pareto_front,
+    peak_memory,
+    percentile,
+    read_csv,
+    time_interleaved,
+)
 from kdiqa.cli.main import main
 from kdiqa.config import load_recipe
 from kdiqa.distill.stages import stage_cache
@@ -56,9 +65,16 @@ def test_interleaved_timing_and_percentiles():
     assert pareto_front([(1, 0.6), (3, 0.5), (10, 0.8), (2, 0.7)], maximise_y=True) == [0, 3, 2]
 
 
-def test_bench_writes_csv_markdown_and_plot(toy_recipe, tmp_path, capsys):
+@pytest.fixture
+def keep_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_bench_writes_csv_markdown_and_plot(toy_recipe, tmp_path, capsys, keep_threads):
     args = ["bench", str(toy_recipe), "--students", "kdiqa_cnn_tiny,mobilenetv3_small_050", "--teacher", "tiny",
-            "views.size=32", *FAST]
+            "views.size=32", "--threads", "1", *FAST]
     assert main(args) == 0
     run_dir = tmp_path / "run"
     columns, rows = read_rows(run_dir / "bench.csv")
@@ -73,12 +89,16 @@ def test_bench_writes_csv_markdown_and_plot(toy_recipe, tmp_path, capsys):
         assert math.isnan(float(r["srcc"]))  # no --distill
     assert [int(r["throughput_batch"]) for r in rows] == [4, 4, 2]
     assert [int(r["latency_repeats"]) for r in rows] == [2, 2, 1]
+    assert {r["threads"] for r in rows} == {"1"} and {r["device"] for r in rows} == {"cpu"}
     # the student row is the registry's student at that size: same parameter count, same FLOPs
     from kdiqa.registry import STUDENTS
 
     student = STUDENTS.build("timm", backbone="kdiqa_cnn_tiny", head="pooled_mlp", image_size=32)
     assert int(rows[0]["params"]) == student.num_parameters()
     assert float(rows[0]["gflops"]) == pytest.approx(count_flops(student.eval(), 32) / 1e9, rel=1e-5)
+    parsed = read_csv(run_dir / "bench.csv")  # typed rows back, e.g. to redraw the table
+    assert [(r.model, r.params, r.throughput_batch) for r in parsed] == [
+        (r["model"], int(r["params"]), int(r["throughput_batch"])) for r in rows]
     md = (run_dir / "bench.md").read_text()
     assert "| mobilenetv3_small_050 |" in md and "FlopCounterMode" in md and "bench_pareto.png" in md
     assert (run_dir / "bench_pareto.png").stat().st_size > 5000

@@ -89,7 +89,7 @@ def test_bench_writes_csv_markdown_and_plot(toy_recipe, tmp_path, capsys, keep_t
         assert math.isnan(float(r["srcc"]))  # no --distill
     assert [int(r["throughput_batch"]) for r in rows] == [4, 4, 2]
     assert [int(r["latency_repeats"]) for r in rows] == [2, 2, 1]
-    assert {r["threads"] for r in rows} == {"1"} and {r["device"] for r in rows} == {"cpu"}
+    assert {r["threads"] for r in rows} == {"1"}  # --threads reached the recipe's `threads`
     # the student row is the registry's student at that size: same parameter count, same FLOPs
     from kdiqa.registry import STUDENTS
 

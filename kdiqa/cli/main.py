@@ -136,15 +136,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """``kdiqa bench RECIPE --students a,b``: size, FLOPs, speed, memory (and SRCC with --distill) per backbone."""
-    import torch
-
     from kdiqa.bench import run_bench, write_bench
     from kdiqa.run import prepare_run
 
     if args.threads is not None:
         if args.threads < 1:
             raise KdiqaError(f"bench --threads: must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+        args.overrides = [*args.overrides, f"threads={args.threads}"]  # prepare_run applies it (and each --distill run)
     recipe = _recipe(args)
     run_dir = prepare_run(recipe)
     rows = run_bench(
@@ -266,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=int, default=2, help="untimed forwards per student before timing (default: 2)")
     p.add_argument("--batch", type=int, default=32, help="batch size of the students' throughput and memory (default: 32)")
     p.add_argument("--teacher-batch", type=int, default=4, help="batch size of the teacher's throughput and memory (default: 4)")
-    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's; 1 is often faster on a busy machine)")
+    p.add_argument("--threads", type=int, help="torch CPU threads, i.e. the recipe's `threads` (1 is often faster on a busy machine)")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("eval", help="evaluate a saved model on each split (SRCC, KRCC, PLCC raw and fitted, RMSE)")

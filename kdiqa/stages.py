@@ -46,7 +46,7 @@ def trained_teacher_path(recipe: Recipe, run_dir: Path) -> Path:
 def stage_fit_teacher(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
     from kdiqa.evaluate import evaluate_splits
     from kdiqa.fit import MOSFitModule
-    from kdiqa.trainer import exit_unless_rank_zero, latest_checkpoint, make_trainer, merge_trainer
+    from kdiqa.trainer import check_val_interval, exit_unless_rank_zero, latest_checkpoint, make_trainer, merge_trainer
 
     if recipe.teacher.checkpoint:
         return {"skipped": f"teacher.checkpoint is set ({recipe.teacher.checkpoint})"}
@@ -56,6 +56,7 @@ def stage_fit_teacher(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
     teacher.prepare(dm.train_dataloader())
     module = MOSFitModule(teacher, recipe.teacher.fit)
     trainer_cfg = merge_trainer(recipe.trainer, recipe.teacher.fit.trainer, "teacher.fit.trainer")
+    check_val_interval(trainer_cfg, len(dm.train_dataloader()), "teacher.fit.trainer")
     trainer, ckpt = make_trainer(trainer_cfg, run_dir, "teacher", recipe.teacher.fit.monitor)
     resume = latest_checkpoint(run_dir, "teacher")
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)

@@ -29,6 +29,27 @@ def merge_trainer(base: TrainerConfig, overrides: Mapping[str, Any], at: str) ->
     return merged
 
 
+def check_val_interval(cfg: TrainerConfig, train_batches: int, at: str) -> None:
+    """A step count for ``val_check_interval`` must fit in one epoch (unless validation is step-based).
+
+    Why here: the limit depends on the data, so the recipe cannot be checked at load time, and
+    Lightning only finds out deep inside ``fit`` with a traceback.
+    """
+    interval = cfg.val_check_interval
+    if isinstance(interval, bool) or not isinstance(interval, int) or cfg.check_val_every_n_epoch is None:
+        return
+    limit = cfg.limit_train_batches
+    if isinstance(limit, int) and not isinstance(limit, bool):
+        train_batches = min(train_batches, limit)
+    elif isinstance(limit, float):
+        train_batches = int(train_batches * limit)
+    if interval > train_batches:
+        raise ConfigError(
+            f"{at}.val_check_interval: {interval} steps is more than one epoch ({train_batches} training batches); "
+            f"use at most {train_batches}, or a fraction of an epoch such as 0.5"
+        )
+
+
 def make_loggers(cfg: TrainerConfig, run_dir: Path, name: str) -> list[Logger]:
     if cfg.logger == "none":
         return []

@@ -56,3 +56,20 @@ def test_interrupted_run_resumes_from_its_step(toy_recipe):
     last = torch.load(run_dir / "checkpoints" / "teacher" / "latest.ckpt", map_location="cpu", weights_only=True)
     assert last["epoch"] == 3
     assert last["global_step"] == 2 * steps_after_first
+
+
+def test_a_validation_interval_longer_than_an_epoch_is_a_one_line_config_error(toy_recipe):
+    import pytest
+
+    from kdiqa.config.schema import TrainerConfig
+    from kdiqa.errors import ConfigError
+    from kdiqa.trainer import check_val_interval
+
+    recipe = load_recipe(toy_recipe, ["teacher.fit.trainer={val_check_interval: 10000}"])
+    with pytest.raises(ConfigError, match=r"teacher\.fit\.trainer\.val_check_interval: 10000 steps is more than one epoch \(\d+ training batches\)"):
+        stage_fit_teacher(recipe, prepare_run(recipe))
+    check_val_interval(TrainerConfig(val_check_interval=10), 10, "t")  # exactly one epoch: fine
+    check_val_interval(TrainerConfig(val_check_interval=0.5), 3, "t")  # a fraction: always fine
+    check_val_interval(TrainerConfig(val_check_interval=50, check_val_every_n_epoch=None), 10, "t")  # step-based
+    with pytest.raises(ConfigError, match="at most 4"):
+        check_val_interval(TrainerConfig(val_check_interval=5, limit_train_batches=4), 10, "t")

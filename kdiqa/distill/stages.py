@@ -121,10 +121,11 @@ def _online_shapes(recipe: Recipe, teacher: nn.Module) -> dict[str, tuple[int, .
 def _fit_student(recipe: Recipe, run_dir: Path, key: str, module: Any, dm: IQADataModule) -> dict[str, Any]:
     """Fit, keep the validation-best weights, save the student, evaluate val and test once."""
     from kdiqa.evaluate import evaluate_splits
-    from kdiqa.trainer import exit_unless_rank_zero, latest_checkpoint, make_trainer, merge_trainer
+    from kdiqa.trainer import check_val_interval, exit_unless_rank_zero, latest_checkpoint, make_trainer, merge_trainer
     from students.student import save_student
 
     trainer_cfg = merge_trainer(recipe.trainer, recipe.distill.fit.trainer, "distill.fit.trainer")
+    check_val_interval(trainer_cfg, len(dm.train_dataloader()), "distill.fit.trainer")
     trainer, ckpt = make_trainer(trainer_cfg, run_dir, f"student_{key}", recipe.distill.fit.monitor)
     resume = latest_checkpoint(run_dir, f"student_{key}")
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)

@@ -5,13 +5,12 @@ import sys
 import textwrap
 
 import torch
-
-from kdiqa.teacher import save_teacher
 from conftest import ToyTeacher, make_blur_dataset
 
 from kdiqa.config import load_recipe
 from kdiqa.distill.stages import build_student, stage_cache
 from kdiqa.run import prepare_run
+from kdiqa.teacher import save_teacher
 
 SETTINGS = [
     # LayerNorm and the official projector: no BatchNorm, whose statistics are per process on CPU

@@ -1,6 +1,5 @@
 """Distillation end to end on a toy teacher: cache vs online, KD vs label-only, report, predict."""
 import json
-import textwrap
 
 import pytest
 import torch

@@ -73,3 +73,30 @@ def test_a_validation_interval_longer_than_an_epoch_is_a_one_line_config_error(t
     check_val_interval(TrainerConfig(val_check_interval=50, check_val_every_n_epoch=None), 10, "t")  # step-based
     with pytest.raises(ConfigError, match="at most 4"):
         check_val_interval(TrainerConfig(val_check_interval=5, limit_train_batches=4), 10, "t")
+
+
+def test_the_tiny_dpiqa_teacher_fits_and_reloads_through_fit_teacher(toy_recipe):
+    """The same stage, with the real DP-IQA teacher (tiny preset) instead of the toy one."""
+    recipe = load_recipe(
+        toy_recipe,
+        [
+            "teacher.name=dpiqa",
+            "teacher.options={preset: tiny, latent_stats: auto, image_adapter: {input: rgb+lcn}}",
+            "teacher.fit.optim={name: adamw, lr: 0.001}",
+            "views.size=32",
+            "trainer.max_epochs=4",
+        ],
+    )
+    run_dir = prepare_run(recipe)
+    summary = stage_fit_teacher(recipe, run_dir)
+    rows = read_csv_log(run_dir)
+    train_losses = [float(r["train/loss_epoch"]) for r in rows if r.get("train/loss_epoch")]
+    assert len(train_losses) == 4 and train_losses[-1] < train_losses[0]
+    val = [(float(r["val/srcc"]), int(r["epoch"])) for r in rows if r.get("val/srcc")]
+    best_epoch = next(epoch for srcc, epoch in val if srcc == max(s for s, _ in val))
+    assert torch.load(summary["checkpoint"], map_location="cpu", weights_only=True)["epoch"] == best_epoch
+
+    teacher = load_teacher(run_dir / "teacher")
+    assert teacher.config["latent_stats"] is not None  # fitted on the training views, saved with the weights
+    again = stage_eval(recipe, run_dir)
+    assert abs(again["test"]["srcc"] - summary["test"]["srcc"]) < 1e-6

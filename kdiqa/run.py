@@ -13,6 +13,17 @@ from kdiqa.io import write_json
 METRICS_FILE = "metrics.json"
 
 
+def seed_stage(recipe: Recipe) -> None:
+    """Reseed every RNG from ``recipe.seed`` at the start of a training stage.
+
+    Why: ``kdiqa run`` chains stages in one process, so without this a stage's initial weights and
+    data order would depend on how much randomness the stages before it drew. Then the label-only
+    baseline would change whenever the teacher changed, and it would not start from the same weights
+    as the KD student it is compared with.
+    """
+    pl.seed_everything(recipe.seed, workers=True, verbose=False)
+
+
 def prepare_run(recipe: Recipe) -> Path:
     """Create the run folder, save the resolved recipe into it and seed every RNG."""
     run_dir = Path(recipe.out)

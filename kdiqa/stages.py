@@ -18,7 +18,7 @@ from kdiqa.data.datamodule import IQADataModule
 from kdiqa.errors import CheckpointError, ConfigError
 from kdiqa.io import write_json
 from kdiqa.registry import TEACHERS
-from kdiqa.run import update_metrics
+from kdiqa.run import seed_stage, update_metrics
 from kdiqa.teacher import Teacher, save_teacher
 
 TEACHER_DIR = "teacher"
@@ -50,6 +50,7 @@ def stage_fit_teacher(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
 
     if recipe.teacher.checkpoint:
         return {"skipped": f"teacher.checkpoint is set ({recipe.teacher.checkpoint})"}
+    seed_stage(recipe)
     dm = IQADataModule(data_for(recipe.data, recipe.teacher.fit), recipe.views)
     dm.setup()
     teacher: Teacher = TEACHERS.build(recipe.teacher.name, **recipe.teacher.options)

@@ -102,3 +102,29 @@ def test_distill_without_a_cache_says_how_to_make_one(toy_recipe, tmp_path, caps
     assert main(recipe_args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("kdiqa: error: ") and len(err.splitlines()) == 1 and "kdiqa cache" in err
+
+
+def test_each_stage_seeds_itself_so_the_baseline_ignores_what_ran_before(kd_run):
+    """The label-only student is the same whether or not other stages drew randomness first."""
+    from kdiqa.distill.stages import stage_baseline, stage_distill
+
+    recipe, run_dir = kd_run
+    stage_cache(recipe, run_dir)
+    first = stage_baseline(recipe, run_dir)
+    stage_distill(recipe, run_dir)
+    torch.rand(1000)
+    again = stage_baseline(recipe, run_dir)
+    assert again["test"]["srcc"] == first["test"]["srcc"] and again["val"]["plcc"] == first["val"]["plcc"]
+
+    # the KD student starts from exactly the weights the label-only one starts from
+    from kdiqa.run import seed_stage
+
+    dm = IQADataModule(recipe.data, recipe.views)
+    dm.setup()
+    shapes = CachedViews(cache_path(recipe, run_dir), dm.splits["train"], make_sampler(recipe.views, train=True)).feature_shapes()
+    seed_stage(recipe)
+    a = build_student(recipe, shapes).state_dict()
+    torch.rand(10)
+    seed_stage(recipe)
+    b = build_student(recipe, shapes).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -13,7 +13,7 @@ from kdiqa.data.datamodule import IQADataModule, make_sampler
 from kdiqa.errors import CheckpointError
 from kdiqa.io import read_json, write_json
 from kdiqa.registry import STUDENTS
-from kdiqa.run import update_metrics
+from kdiqa.run import seed_stage, update_metrics
 
 STUDENTS_DIR = "students"
 KD, BASELINE = "kd", "label_only"
@@ -151,6 +151,7 @@ def stage_distill(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
     from kdiqa.stages import data_for, trained_teacher_path
     from kdiqa.teacher import load_teacher
 
+    seed_stage(recipe)
     dm = IQADataModule(data_for(recipe.data, recipe.distill.fit), recipe.views)
     dm.setup()
     teacher = None
@@ -188,6 +189,7 @@ def stage_baseline(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
     from kdiqa.fit import MOSFitModule
     from kdiqa.stages import data_for
 
+    seed_stage(recipe)
     dm = IQADataModule(data_for(recipe.data, recipe.distill.fit), recipe.views)
     dm.setup()
     student = build_student(recipe, _target_shapes(recipe, run_dir, dm))

@@ -9,6 +9,9 @@ Two layouts are accepted, through one function (:func:`load_stable_diffusion`):
   hub. The family is read from the checkpoint (the U-Net's cross-attention width: 768 or 1024).
 
 ``HF_HUB_OFFLINE`` is set for the duration of every load, and every call passes ``local_files_only``.
+A relative path that does not exist from the working directory is looked up from the folder that
+holds the ``teachers`` package, so weights shipped inside it (``teachers/dpiqa/weights/tiny-mini``, the
+tiny recipes' prior) load wherever kdiqa runs from, like the recipes under ``recipes/``.
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 # the first cross-attention key projection of the original (LDM) U-Net layout; its width tells 1.x from 2.x
 LDM_CROSS_ATTN_KEY = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
 FAMILY_BY_CONTEXT_DIM = {768: "sd15", 1024: "sd21"}
+INSTALL_ROOT = Path(__file__).resolve().parents[2]  # the folder holding teachers/ (and recipes/ in a checkout)
 
 
 @dataclass
@@ -71,7 +75,7 @@ def load_stable_diffusion(path: str | Path, config_dir: str | Path | None = None
     ``unet/config.json`` and ``vae/config.json``, for checkpoints of another architecture. ``family``
     only chooses what the missing-path message asks the user to download.
     """
-    path = Path(path).expanduser()
+    path = resolve_checkpoint_path(path)
     if not path.exists():
         raise missing_checkpoint_error(path, family)
     with hub_offline():
@@ -83,6 +87,15 @@ def load_stable_diffusion(path: str | Path, config_dir: str | Path | None = None
         f"{path}: not a Stable Diffusion checkpoint (expected a diffusers folder with unet/ and vae/, "
         f"or a {'/'.join(SINGLE_FILE_SUFFIXES)} file); set {SD_CHECKPOINT_KEY}"
     )
+
+
+def resolve_checkpoint_path(path: str | Path) -> Path:
+    """``path`` as given if it exists (or is absolute), else relative to :data:`INSTALL_ROOT` if it exists there."""
+    path = Path(path).expanduser()
+    if path.exists() or path.is_absolute():
+        return path
+    packaged = INSTALL_ROOT / path
+    return packaged if packaged.exists() else path
 
 
 def _first_line(exc: BaseException) -> str:

@@ -63,10 +63,11 @@ def test_two_process_ddp_matches_one_process(tmp_path):
     init = build_student(load_recipe(recipe, [*SETTINGS, f"out={tmp_path / 'one'}"]), {"quality_map": (4, 16, 16)})
     with torch.no_grad():
         a, b = one(x)["score"], two(x)["score"]
-    # Within tolerance, not bit-equal: in-process, the mean of the two half-batch gradients equals the
-    # full-batch gradient to 1e-7, yet the two-process run ends ~1e-4 away in score (noted, not explained)
+    # Equal up to float rounding (measured: parameters within 6e-5 of how far they moved, scores within
+    # 2e-8). It needs the same global batches: data.shuffle=false must hold under DDP too, where
+    # Lightning would otherwise put in a shuffling DistributedSampler (they then ended ~2e-4 apart).
     moved = max(float((p1 - p0).abs().max()) for p1, p0 in zip(one.state_dict().values(), init.state_dict().values(), strict=True))
     for (name, p1), (_, p2) in zip(one.state_dict().items(), two.state_dict().items(), strict=True):
-        assert float((p1 - p2).abs().max()) <= 0.15 * moved + 1e-6, f"{name} differs between 1 and 2 processes"
-    torch.testing.assert_close(a, b, rtol=0.05, atol=2e-3)
-    assert float((a - b).abs().max()) < 0.2 * float((a - init(x)["score"]).abs().max())
+        assert float((p1 - p2).abs().max()) <= 1e-3 * moved + 1e-9, f"{name} differs between 1 and 2 processes"
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert float((a - init(x)["score"]).abs().max()) > 1e-4  # training moved the scores: the comparison means something

@@ -128,3 +128,24 @@ def test_each_stage_seeds_itself_so_the_baseline_ignores_what_ran_before(kd_run)
     seed_stage(recipe)
     b = build_student(recipe, shapes).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_training_loader_keeps_data_shuffle_under_ddp(toy_recipe, shuffle):
+    """Lightning would swap in a shuffling DistributedSampler; ours is distributed already, so it stays."""
+    from types import SimpleNamespace
+
+    from torch.utils.data import DistributedSampler
+
+    recipe = load_recipe(toy_recipe, [f"data.shuffle={str(shuffle).lower()}"])
+    dm = IQADataModule(recipe.data, recipe.views)
+    assert not isinstance(dm.train_dataloader().sampler, DistributedSampler)  # one process: a plain loader
+    orders = []
+    for rank in (0, 1):
+        dm.trainer = SimpleNamespace(world_size=2, global_rank=rank)
+        sampler = dm.train_dataloader().sampler
+        assert isinstance(sampler, DistributedSampler) and sampler.shuffle is shuffle
+        orders.append(list(sampler))
+    assert set(orders[0] + orders[1]) == set(range(len(dm.splits["train"])))  # the ranks cover the set
+    interleaved = orders[0][:5] == [0, 2, 4, 6, 8] and orders[1][:5] == [1, 3, 5, 7, 9]
+    assert interleaved is not shuffle

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from kdiqa.config.schema import DataConfig, ViewConfig
 from kdiqa.data.images import load_image
@@ -119,22 +119,45 @@ class IQADataModule(pl.LightningDataModule):
             raise DataError(f"dataset {self.data_cfg.name!r} has no {split!r} samples (check data.split)")
         return IQADataset(samples, make_sampler(self.views, split == "train" if train_views is None else train_views))
 
-    def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
+    def _eval_loader(self, split: str) -> DataLoader:
         workers = self.data_cfg.num_workers
         return DataLoader(
             self.split_dataset(split),
-            batch_size=batch_size,
-            shuffle=shuffle,
+            batch_size=self.data_cfg.eval_batch_size,
             num_workers=workers,
             persistent_workers=workers > 0,
-            drop_last=split == "train" and len(self.splits[split]) > batch_size,
+        )
+
+    def training_loader(self, dataset: Dataset) -> DataLoader:
+        """The training loader over ``dataset``; ``data.shuffle`` holds on one process and under DDP.
+
+        Why the explicit sampler under DDP: Lightning replaces a training loader's sampler with a
+        *shuffling* DistributedSampler whatever the loader asked for, and keeps one that is already
+        distributed. Seeded from torch's seed (``seed_everything``), so every rank draws the same order.
+        """
+        cfg = self.data_cfg
+        trainer = getattr(self, "trainer", None)
+        sampler = None
+        if trainer is not None and trainer.world_size > 1:
+            sampler = DistributedSampler(
+                dataset, num_replicas=trainer.world_size, rank=trainer.global_rank,
+                shuffle=cfg.shuffle, seed=torch.initial_seed() % 2**31,
+            )
+        return DataLoader(
+            dataset,
+            batch_size=cfg.batch_size,
+            shuffle=cfg.shuffle if sampler is None else False,
+            sampler=sampler,
+            num_workers=cfg.num_workers,
+            persistent_workers=cfg.num_workers > 0,
+            drop_last=len(dataset) > cfg.batch_size,
         )
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.data_cfg.shuffle, self.data_cfg.batch_size)
+        return self.training_loader(self.split_dataset("train"))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False, self.data_cfg.eval_batch_size)
+        return self._eval_loader("val")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False, self.data_cfg.eval_batch_size)
+        return self._eval_loader("test")

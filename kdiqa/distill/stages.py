@@ -80,15 +80,7 @@ class _WithTrainSet(IQADataModule):
         self.train_set = train_set
 
     def train_dataloader(self) -> DataLoader:
-        workers = self.data_cfg.num_workers
-        return DataLoader(
-            self.train_set,
-            batch_size=self.data_cfg.batch_size,
-            shuffle=self.data_cfg.shuffle,
-            num_workers=workers,
-            persistent_workers=workers > 0,
-            drop_last=len(self.train_set) > self.data_cfg.batch_size,
-        )
+        return self.training_loader(self.train_set)
 
 
 def build_student(recipe: Recipe, feature_shapes: dict[str, tuple[int, ...]]) -> nn.Module:

@@ -35,11 +35,15 @@ from kdiqa.registry import DATASETS
 from teachers.dpiqa.adapters import local_contrast_normalise
 
 
-def load_split(root: str, n_train: int, data_seed: int, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """All images of a split as one uint8 tensor (the mini set is 64 px: 3000 views are 37 MB)."""
-    samples = [s for s in DATASETS.get("mini")(root, n_train=n_train, seed=data_seed).samples if s.split == split]
-    images = np.stack([np.asarray(Image.open(s.path).convert("RGB")) for s in samples])
-    return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.tensor([s.mos for s in samples])
+def load_splits(root: str, n_train: int, data_seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Every split's images as one uint8 tensor with its MOS (the mini set is 64 px: 3000 views are 37 MB)."""
+    samples = DATASETS.get("mini")(root, n_train=n_train, seed=data_seed).samples
+    data = {}
+    for split in ("train", "val", "test"):
+        part = [s for s in samples if s.split == split]
+        images = np.stack([np.asarray(Image.open(s.path).convert("RGB")) for s in part])
+        data[split] = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous(), torch.tensor([s.mos for s in part])
+    return data
 
 
 def image_statistics(images: torch.Tensor) -> np.ndarray:
@@ -108,7 +112,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     root = args.root or ("data/mini" if args.data_seed == 0 else f"data/mini-seed{args.data_seed}")
-    data = {split: load_split(root, args.n_train, args.data_seed, split) for split in ("train", "val", "test")}
+    data = load_splits(root, args.n_train, args.data_seed)
     val, test = statistics_baseline(data)
     print(f"mini dataset {root} (seed {args.data_seed}, {len(data['train'][1])} training views)")
     print(f"image statistics + ridge: val SRCC {val:.3f}, test SRCC {test:.3f}")

@@ -1,6 +1,7 @@
 """Score a model over a split and report the field's metrics, outside any training loop."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,3 +46,17 @@ def evaluate_splits(model: nn.Module, dm: IQADataModule, splits: tuple[str, ...]
         pred, target = predict_split(model, loader, desc=f"eval {split}")
         results[split] = {"metrics": iqa_metrics(pred, target), "pred": pred.tolist(), "mos": target.tolist()}
     return results
+
+
+def record_evaluation(model: nn.Module, dm: IQADataModule, run_dir: Path, key: str, checkpoint: str) -> dict[str, Any]:
+    """Evaluate a fitted model on val and test once; store its metrics (``metrics.json[key]``) and
+    predictions (``predictions/<key>.json``) in the run folder. Returns the summary."""
+    from kdiqa.io import write_json
+    from kdiqa.run import update_metrics
+
+    results = evaluate_splits(model, dm)
+    summary: dict[str, Any] = {split: r["metrics"] for split, r in results.items()}
+    summary["checkpoint"] = checkpoint
+    update_metrics(run_dir, key, summary)
+    write_json(run_dir / "predictions" / f"{key}.json", {s: {"pred": r["pred"], "mos": r["mos"]} for s, r in results.items()})
+    return summary

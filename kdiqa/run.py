@@ -29,7 +29,7 @@ def prepare_run(recipe: Recipe) -> Path:
     run_dir = Path(recipe.out)
     run_dir.mkdir(parents=True, exist_ok=True)
     save_recipe(recipe, run_dir / "recipe.yaml")
-    pl.seed_everything(recipe.seed, workers=True, verbose=False)
+    seed_stage(recipe)
     if recipe.threads is not None:
         import torch
 

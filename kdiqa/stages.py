@@ -10,12 +10,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from kdiqa.config import Recipe
 from kdiqa.config.schema import DataConfig, FitConfig
 from kdiqa.data.datamodule import IQADataModule
-from kdiqa.errors import CheckpointError, ConfigError
+from kdiqa.errors import ConfigError
 from kdiqa.io import write_json
 from kdiqa.registry import TEACHERS
 from kdiqa.run import seed_stage, update_metrics
@@ -44,9 +42,9 @@ def trained_teacher_path(recipe: Recipe, run_dir: Path) -> Path:
 
 
 def stage_fit_teacher(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
-    from kdiqa.evaluate import evaluate_splits
+    from kdiqa.evaluate import record_evaluation
     from kdiqa.fit import MOSFitModule
-    from kdiqa.trainer import check_val_interval, exit_unless_rank_zero, latest_checkpoint, make_trainer, merge_trainer
+    from kdiqa.trainer import fit_validation_best, merge_trainer
 
     if recipe.teacher.checkpoint:
         return {"skipped": f"teacher.checkpoint is set ({recipe.teacher.checkpoint})"}
@@ -57,23 +55,9 @@ def stage_fit_teacher(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
     teacher.prepare(dm.train_dataloader())
     module = MOSFitModule(teacher, recipe.teacher.fit)
     trainer_cfg = merge_trainer(recipe.trainer, recipe.teacher.fit.trainer, "teacher.fit.trainer")
-    check_val_interval(trainer_cfg, len(dm.train_dataloader()), "teacher.fit.trainer")
-    trainer, ckpt = make_trainer(trainer_cfg, run_dir, "teacher", recipe.teacher.fit.monitor)
-    resume = latest_checkpoint(run_dir, "teacher")
-    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
-    exit_unless_rank_zero(trainer)
-    best = ckpt.best_model_path
-    if not best:
-        raise CheckpointError(f"{ckpt.dirpath}: no validation checkpoint was saved (is the val split empty?)")
-    state = torch.load(best, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state)
+    best = fit_validation_best(module, dm, trainer_cfg, run_dir, "teacher", recipe.teacher.fit.monitor, "teacher.fit.trainer")
     save_teacher(teacher, run_dir / TEACHER_DIR)
-    results = evaluate_splits(teacher, dm)
-    summary = {split: r["metrics"] for split, r in results.items()}
-    summary["checkpoint"] = best
-    update_metrics(run_dir, "teacher", summary)
-    write_json(run_dir / "predictions" / "teacher.json", {s: {"pred": r["pred"], "mos": r["mos"]} for s, r in results.items()})
-    return summary
+    return record_evaluation(teacher, dm, run_dir, "teacher", best)
 
 
 def stage_eval(recipe: Recipe, run_dir: Path, checkpoint: str | Path | None = None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
 
 from kdiqa.config.schema import TrainerConfig
-from kdiqa.errors import ConfigError
+from kdiqa.errors import CheckpointError, ConfigError
 
 
 def merge_trainer(base: TrainerConfig, overrides: Mapping[str, Any], at: str) -> TrainerConfig:
@@ -123,3 +123,26 @@ def exit_unless_rank_zero(trainer: pl.Trainer) -> None:
     """
     if not trainer.is_global_zero:
         raise SystemExit(0)
+
+
+def fit_validation_best(module: pl.LightningModule, dm: pl.LightningDataModule, cfg: TrainerConfig, run_dir: Path,
+                        name: str, monitor: str, at: str) -> str:
+    """Fit ``module`` (resuming from this run's latest checkpoint), load the validation-best weights
+    into it and return that checkpoint's path. Ranks other than 0 exit after the fit.
+
+    One place for what every fitting stage (teacher, KD student, label-only student) does around
+    ``trainer.fit``.
+    """
+    import torch
+
+    trainer, checkpoint = make_trainer(cfg, run_dir, name, monitor)
+    dm.trainer = trainer  # Lightning attaches it in fit; here first, so the count below is per process
+    check_val_interval(cfg, len(dm.train_dataloader()), at)
+    resume = latest_checkpoint(run_dir, name)
+    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    exit_unless_rank_zero(trainer)
+    best = checkpoint.best_model_path
+    if not best:
+        raise CheckpointError(f"{checkpoint.dirpath}: no validation checkpoint was saved (is the val split empty?)")
+    module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    return best

@@ -25,7 +25,9 @@ from omegaconf.errors import (
 from kdiqa.config.schema import Recipe
 from kdiqa.errors import ConfigError
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+# the folder holding the kdiqa, teachers and recipes packages (a checkout, or site-packages)
+INSTALL_ROOT = Path(__file__).resolve().parents[2]
+RECIPES_DIR = INSTALL_ROOT / "recipes"
 
 
 def find_recipe(name: str | Path, relative_to: Path | None = None) -> Path:

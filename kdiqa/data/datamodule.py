@@ -136,7 +136,7 @@ class IQADataModule(pl.LightningDataModule):
         distributed. Seeded from torch's seed (``seed_everything``), so every rank draws the same order.
         """
         cfg = self.data_cfg
-        trainer = getattr(self, "trainer", None)
+        trainer = self.trainer  # set by Lightning (or fit_validation_best) once a fit is under way
         sampler = None
         if trainer is not None and trainer.world_size > 1:
             sampler = DistributedSampler(

@@ -11,9 +11,9 @@ from torch.utils.data import DataLoader, Dataset
 from kdiqa.config import Recipe
 from kdiqa.data.datamodule import IQADataModule, make_sampler
 from kdiqa.errors import CheckpointError
-from kdiqa.io import read_json, write_json
+from kdiqa.io import read_json
 from kdiqa.registry import STUDENTS
-from kdiqa.run import seed_stage, update_metrics
+from kdiqa.run import seed_stage
 
 STUDENTS_DIR = "students"
 KD, BASELINE = "kd", "label_only"
@@ -112,28 +112,14 @@ def _online_shapes(recipe: Recipe, teacher: nn.Module) -> dict[str, tuple[int, .
 
 def _fit_student(recipe: Recipe, run_dir: Path, key: str, module: Any, dm: IQADataModule) -> dict[str, Any]:
     """Fit, keep the validation-best weights, save the student, evaluate val and test once."""
-    from kdiqa.evaluate import evaluate_splits
-    from kdiqa.trainer import check_val_interval, exit_unless_rank_zero, latest_checkpoint, make_trainer, merge_trainer
+    from kdiqa.evaluate import record_evaluation
+    from kdiqa.trainer import fit_validation_best, merge_trainer
     from students.student import save_student
 
     trainer_cfg = merge_trainer(recipe.trainer, recipe.distill.fit.trainer, "distill.fit.trainer")
-    check_val_interval(trainer_cfg, len(dm.train_dataloader()), "distill.fit.trainer")
-    trainer, ckpt = make_trainer(trainer_cfg, run_dir, f"student_{key}", recipe.distill.fit.monitor)
-    resume = latest_checkpoint(run_dir, f"student_{key}")
-    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
-    exit_unless_rank_zero(trainer)
-    if not ckpt.best_model_path:
-        raise CheckpointError(f"{ckpt.dirpath}: no validation checkpoint was saved (is the val split empty?)")
-    state = torch.load(ckpt.best_model_path, map_location="cpu", weights_only=True)["state_dict"]
-    module.load_state_dict(state)
-    student = module.model
-    save_student(student, run_dir / STUDENTS_DIR / key)
-    results = evaluate_splits(student, dm)
-    summary: dict[str, Any] = {split: r["metrics"] for split, r in results.items()}
-    summary["checkpoint"] = ckpt.best_model_path
-    update_metrics(run_dir, f"student_{key}", summary)
-    write_json(run_dir / "predictions" / f"student_{key}.json", {s: {"pred": r["pred"], "mos": r["mos"]} for s, r in results.items()})
-    return summary
+    best = fit_validation_best(module, dm, trainer_cfg, run_dir, f"student_{key}", recipe.distill.fit.monitor, "distill.fit.trainer")
+    save_student(module.model, run_dir / STUDENTS_DIR / key)
+    return record_evaluation(module.model, dm, run_dir, f"student_{key}", best)
 
 
 def stage_distill(recipe: Recipe, run_dir: Path) -> dict[str, Any]:

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from kdiqa.config.loader import INSTALL_ROOT
 from kdiqa.errors import CheckpointError
 from teachers.dpiqa.presets import SD_DOWNLOAD_HINT, packaged_config_dir
 
@@ -33,7 +34,6 @@ SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")
 # the first cross-attention key projection of the original (LDM) U-Net layout; its width tells 1.x from 2.x
 LDM_CROSS_ATTN_KEY = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight"
 FAMILY_BY_CONTEXT_DIM = {768: "sd15", 1024: "sd21"}
-INSTALL_ROOT = Path(__file__).resolve().parents[2]  # the folder holding teachers/ (and recipes/ in a checkout)
 
 
 @dataclass

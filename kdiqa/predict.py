@@ -11,13 +11,11 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from kdiqa.data.images import load_image
+from kdiqa.data.images import IMAGE_SUFFIXES, load_image
 from kdiqa.data.views import ViewSampler
 from kdiqa.errors import DataError, KdiqaError
 from kdiqa.evaluate import default_device
 from kdiqa.fit import predicted_score
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"}
 
 
 def collect_images(paths: Sequence[str | Path]) -> list[Path]:

@@ -7,6 +7,7 @@ the targets it stores. Each gets its own digest, so a refusal can say *which* of
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -20,11 +21,12 @@ from kdiqa.data.sample import IQASample
 from kdiqa.data.views import ViewSampler
 
 DIGEST_BYTES = 16
+STAMP_EDGE_BYTES = 4096  # bytes read at each end of an unlabelled image by file_stamp
 
 # what each fingerprint covers, for error messages
 MEANING = {
     "teacher": "the teacher's config or weights changed",
-    "dataset": "the image list or labels changed",
+    "dataset": "the image list, the labels or the unlabelled pool's files changed",
     "views": "the view policy (sampler, views per image, first view, seed) changed",
     "targets": "the stored features, pooling or dtype changed",
 }
@@ -59,6 +61,8 @@ def dataset_fingerprint(samples: Sequence[IQASample]) -> str:
 
     Paths are taken relative to the samples' common folder, so moving a dataset to another disk
     keeps its caches valid, while adding, removing, reordering or relabelling images does not.
+    An unlabelled (pool) image has no label to change with its pixels, so its file itself is covered
+    instead, by :func:`file_stamp`; labelled images keep the digest they always had.
     """
     h = _digest()
     paths = [os.path.abspath(s.path) for s in samples]
@@ -66,10 +70,34 @@ def dataset_fingerprint(samples: Sequence[IQASample]) -> str:
     h.update(str(len(paths)).encode())
     for sample, path in zip(samples, paths, strict=True):
         rel = os.path.relpath(path, root).replace(os.sep, "/")
-        dist = None if sample.dist is None else [float(v) for v in sample.dist]
-        h.update(dumps([rel, float(sample.mos), dist]).encode())
+        if math.isfinite(sample.mos):
+            dist = None if sample.dist is None else [float(v) for v in sample.dist]
+            h.update(dumps([rel, float(sample.mos), dist]).encode())
+        else:
+            h.update(dumps([rel, "unlabelled", file_stamp(path)]).encode())
         h.update(b"\n")
     return h.hexdigest()
+
+
+def file_stamp(path: str, edge: int = STAMP_EDGE_BYTES) -> str:
+    """Size and a digest of the first and last ``edge`` bytes of a file (all of it when small).
+
+    Why not the whole file: a pool may hold a photo library, and this runs on every cache build and
+    distillation start; why not the modification time: copying a dataset elsewhere changes it. A
+    re-encoded or replaced image changes its size or its ends (JPEG and PNG data run to the end of
+    the file); an edit of the same size in the middle of a large file goes unnoticed.
+    """
+    h = _digest()
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            h.update(f.read(edge))
+            if size > 2 * edge:
+                f.seek(size - edge)
+            h.update(f.read(edge))
+    except OSError:
+        return "unreadable"
+    return f"{size}:{h.hexdigest()}"
 
 
 def view_fingerprint(sampler: ViewSampler, views_per_image: int, first_view_eval: bool, seed: int) -> str:

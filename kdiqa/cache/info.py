@@ -19,7 +19,9 @@ def cache_info(path: str | os.PathLike) -> dict[str, Any]:
     Keys: path, file, complete, status (one line: ready, or what to do), views, views_done, images,
     views_per_image, first_view_eval, seed, teacher, sampler, compression, shard, merged_from,
     datasets ({name: shape, dtype, bytes_per_view, chunks, compression}), bytes_per_view, data_bytes,
-    file_bytes (on disk, shards included), fingerprints, kdiqa_version, shards (files found beside it).
+    file_bytes (on disk, shards included), fingerprints, kdiqa_version, shards (files found beside it),
+    and among the views written: labelled_views, unlabelled_views (``data.unlabelled``) and
+    unreadable_views (views of unlabelled images that did not decode: no targets).
     """
     path = Path(path)
     partial = L.partial_path(path)
@@ -50,6 +52,7 @@ def cache_info(path: str | os.PathLike) -> dict[str, Any]:
                 }
 
         f.visititems(visit)
+        views = _label_counts(f)
     merged_from = meta.get("merged_from") or []
     file_bytes = file.stat().st_size + sum((path.parent / n).stat().st_size for n in merged_from if (path.parent / n).exists())
     bytes_per_view = sum(d["bytes_per_view"] for d in datasets.values())
@@ -69,6 +72,7 @@ def cache_info(path: str | os.PathLike) -> dict[str, Any]:
         "status": status,
         "views": header["rows"],
         "views_done": header["done"],
+        **views,
         "images": meta["num_images"],
         "views_per_image": meta["views_per_image"],
         "first_view_eval": meta["first_view_eval"],
@@ -101,6 +105,9 @@ def format_cache_info(info: dict[str, Any]) -> str:
         f"size        {_bytes(info['bytes_per_view'])} per view, {_bytes(info['data_bytes'])} of data, "
         f"{_bytes(info['file_bytes'])} on disk (compression: {info['compression']})",
     ]
+    if info["unlabelled_views"]:
+        lines.append(f"labels      {info['labelled_views']} labelled views, {info['unlabelled_views']} unlabelled "
+                     f"(of which {info['unreadable_views']} of unreadable images, without targets)")
     if info["shard"] and info["shard"][1] > 1:
         lines.append(f"shard       {info['shard'][0]}/{info['shard'][1]} (rows {info['rows'][0]}..{info['rows'][1]})")
     if info["merged_from"]:
@@ -115,6 +122,15 @@ def format_cache_info(info: dict[str, Any]) -> str:
             lines.append(f"shard files {count}-way: {', '.join(names)}")
     lines.append(f"written by  kdiqa {info['kdiqa_version']}")
     return "\n".join(lines)
+
+
+def _label_counts(f: h5py.File) -> dict[str, int]:
+    """Labelled and unlabelled views among those written (see layout.py for what NaN means)."""
+    done = f[L.DONE][...].astype(bool)
+    mos, score = f[L.MOS][...][done], f[L.SCORE][...][done]
+    unlabelled = ~np.isfinite(mos)
+    return {"labelled_views": int((~unlabelled).sum()), "unlabelled_views": int(unlabelled.sum()),
+            "unreadable_views": int((unlabelled & np.isnan(score)).sum())}
 
 
 def _bytes(n: float) -> str:

@@ -7,6 +7,11 @@ One HDF5 file per cache (or per shard), one row per (image, view):
 (float32 × K, when the teacher has one), and ``features/<name>`` (float16 or float32, one chunk per
 row) for every feature map the run asked for.
 
+Views of unlabelled (pool) images, ``data.unlabelled``, have ``mos`` NaN: that is how a view says it
+has no label. An unlabelled image that does not decode is skipped, not fatal: its rows hold NaN in
+``teacher/score`` (and in every other teacher output) and readers leave them out. A teacher's own
+non-finite output is refused when written, so a NaN score means nothing else.
+
 Score and distribution stay float32 whatever ``dtype`` says: they are 4 bytes a view, and a ranking
 target should not lose its third digit to fp16. ``dtype`` applies to the feature maps, which are
 where the bytes are.

@@ -46,6 +46,10 @@ class CachedViews(Dataset):
     access (from torch's RNG, which Lightning seeds per worker). ``features`` limits the feature maps
     read (default: all stored).
 
+    Views of unlabelled images (``data.unlabelled``) have ``mos`` NaN (:meth:`labelled_items` says which
+    items are labelled); views of unlabelled images that did not decode when the cache was written hold
+    no targets and are left out (``unreadable_images`` counts them).
+
     Items: ``{"image": (3, H, W) float32, "mos": () float32, "index": image index, "view": view params
     (6,) float64, "view_id": int, "teacher": {"score": (), "dist": (K,) if stored, <feature>: float32}}``.
     """
@@ -99,7 +103,9 @@ class CachedViews(Dataset):
         if len(self._index) and (self._index.min() < 0 or self._index.max() >= len(self.samples)):
             raise CacheError(f"{where}: image indices run to {int(self._index.max())}, but {len(self.samples)} samples were given")
 
-        keep = np.ones(len(self._index), dtype=bool)
+        # rows of unlabelled images that did not decode hold NaN targets (layout.py): never served
+        keep = np.isfinite(self._score)
+        self.unreadable_images = len(np.unique(self._index[~keep]))
         if split is not None:
             in_split = np.array([s.split == split for s in self.samples], dtype=bool)
             keep &= in_split[self._index]
@@ -170,6 +176,12 @@ class CachedViews(Dataset):
         return state
 
     # ------------------------------------------------------------------ facts
+    def labelled_items(self) -> np.ndarray:
+        """Per item (as ``__getitem__`` counts them), whether it has a label: False for pool views."""
+        if self.views == "all":
+            return np.isfinite(self._mos[self._rows])
+        return np.array([np.isfinite(self._mos[rows[0]]) for rows in self._image_rows], dtype=bool)
+
     @property
     def views_per_image(self) -> int:
         return int(self.meta["views_per_image"])

@@ -17,6 +17,7 @@ end, again under a temporary name.
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 import time
@@ -36,11 +37,11 @@ from kdiqa.cache import layout as L
 from kdiqa.cache.errors import CacheError
 from kdiqa.cache.fingerprint import check_fingerprints, compute_fingerprints
 from kdiqa.cache.plan import CachePlan, draw_view
-from kdiqa.cache.status import check_merged_sources, read_header
+from kdiqa.cache.status import check_merged_sources, open_readonly, read_header
 from kdiqa.data.images import load_image
 from kdiqa.data.sample import IQASample
 from kdiqa.data.views import ViewSampler
-from kdiqa.errors import ConfigError, KdiqaError
+from kdiqa.errors import ConfigError, DataError, KdiqaError
 from kdiqa.io import atomic_path
 
 DTYPES = ("float16", "float32")
@@ -126,7 +127,10 @@ def build_cache(
             raise CacheError(f"{target}: exists but is not marked complete (not written by kdiqa?); {FORCE_HINT}")
         check_merged_sources(target, stored)
         say(f"cache: {target} is complete ({stored['rows']} views); nothing to do")
-        return _summary(target, plan, 0, plan.rows[1] - plan.rows[0], started, True)
+        summary = _summary(target, plan, 0, plan.rows[1] - plan.rows[0], started, True)
+        if any(not math.isfinite(s.mos) for s in samples):
+            summary["unreadable"] = _count_unreadable(target)
+        return summary
 
     if partial.exists():
         stored = _read_root(partial)
@@ -151,7 +155,27 @@ def build_cache(
             "fix the cause (e.g. free disk space) and rerun `kdiqa cache` to finish it"
         ) from exc
     say(f"cache: wrote {target} ({written} views computed, {skipped} resumed) in {time.perf_counter() - started:.1f} s")
-    return _summary(target, plan, written, skipped, started, True)
+    summary = _summary(target, plan, written, skipped, started, True)
+    if any(not math.isfinite(s.mos) for s in samples):
+        summary["unreadable"] = _report_unreadable(target, run.unreadable)
+    return summary
+
+
+def _count_unreadable(target: Path) -> int:
+    """Pool images whose views hold no targets, counted from the file (a resumed run counts the ones an
+    earlier run met too)."""
+    with open_readonly(target) as f:
+        return len(np.unique(f[L.INDEX][...][np.isnan(f[L.SCORE][...])]))
+
+
+def _report_unreadable(target: Path, met: list[str]) -> int:
+    """:func:`_count_unreadable`, said once, in one warning, after the run that wrote the file."""
+    count = _count_unreadable(target)
+    if count:
+        first = f"; the first: {met[0]}" if met else ""
+        warnings.warn(f"{target}: skipped {count} unreadable unlabelled image{'s' if count > 1 else ''} "
+                      f"(their views hold no targets){first}", stacklevel=3)
+    return count
 
 
 # --------------------------------------------------------------------------------------------------
@@ -173,6 +197,7 @@ class _Run:
         self.fingerprints = dict(fingerprints)
         self.max_feature_bytes = max_feature_bytes
         self.say = say
+        self.unreadable: list[str] = []  # why each unreadable pool image met in this run was skipped
 
     def pending_blocks(self) -> list[tuple[int, int]]:
         blocks = self.plan.blocks()
@@ -200,6 +225,7 @@ class _Run:
                 for batch in self._batches(pending, num_workers):
                     out = self.teacher(batch["images"].to(dev, non_blocking=True))
                     arrays = self._targets(out, batch)
+                    self.unreadable += batch["errors"]
                     if sink is None:
                         self._create(arrays)
                         sink = _Sink(self.partial)
@@ -253,12 +279,16 @@ class _Run:
                 tensor = F.adaptive_avg_pool2d(tensor.float(), self.pool[name])
             with np.errstate(over="ignore"):  # an overflow to inf is reported below, with the image
                 arrays[L.feature_dataset(name)] = tensor.float().cpu().numpy().astype(feature_dtype, copy=False)
+        skipped = np.asarray(batch.get("bad", np.zeros(n, dtype=bool)), dtype=bool)
         for key, arr in arrays.items():
-            if not np.isfinite(arr).all():
-                bad = int(np.nonzero(~np.isfinite(arr.reshape(n, -1)).all(axis=1))[0][0])
+            finite = np.isfinite(arr.reshape(n, -1)).all(axis=1) | skipped
+            if not finite.all():
+                bad = int(np.nonzero(~finite)[0][0])
                 image = self.samples[self.plan.image_of(int(batch["rows"][bad]))].path
                 extra = " (float16 overflows above 65504: set cache.dtype: float32)" if arr.dtype == np.float16 else ""
                 raise CacheError(f"{image}: teacher output {key!r} is not finite for this image's view{extra}")
+            if skipped.any():
+                arr[skipped] = np.nan  # the views of an unreadable pool image hold no target (layout.py)
         return arrays
 
     def _create(self, arrays: dict[str, np.ndarray]) -> None:
@@ -329,15 +359,21 @@ class _BlockViews(Dataset):
     def __getitem__(self, j: int) -> dict[str, Any]:
         start, stop = self.blocks[j]
         rows = np.arange(start, stop, dtype=np.int64)
-        images, params, index, view_id, mos = [], [], [], [], []
+        images, params, index, view_id, mos, bad = [], [], [], [], [], []
+        errors: list[str] = []
         decoded: dict[int, Any] = {}
         for row in rows:
             i, k = self.plan.image_of(int(row)), self.plan.view_of(int(row))
             if i not in decoded:
-                decoded = {i: load_image(self.samples[i].path)}  # rows are image-major: keep one image
+                decoded = {i: self._decode(i, errors)}  # rows are image-major: keep one image
             image = decoded[i]
-            p = draw_view(self.sampler, image.size, self.seed, i, k, self.first_view_eval)
-            images.append(self.sampler.apply(image, p))
+            if image is None:  # an unreadable pool image: a blank stand-in keeps the batch's shape
+                p = self.sampler.eval_params()
+                images.append(torch.zeros(3, *self.sampler.size))
+            else:
+                p = draw_view(self.sampler, image.size, self.seed, i, k, self.first_view_eval)
+                images.append(self.sampler.apply(image, p))
+            bad.append(image is None)
             params.append(p.to_array())
             index.append(i)
             view_id.append(k)
@@ -349,7 +385,23 @@ class _BlockViews(Dataset):
             "index": np.asarray(index, dtype=np.int64),
             "view_id": np.asarray(view_id, dtype=np.int32),
             "mos": np.asarray(mos, dtype=np.float32),
+            "bad": np.asarray(bad, dtype=bool),
+            "errors": errors,
         }
+
+    def _decode(self, i: int, errors: list[str]) -> Any:
+        """Image ``i``, or None for an unlabelled image that does not decode (its reason goes to ``errors``).
+
+        A user's photo library holds the odd broken file; one must not stop a long cache run. A broken
+        *labelled* image is still an error, as in every other stage.
+        """
+        try:
+            return load_image(self.samples[i].path)
+        except DataError as exc:
+            if math.isfinite(self.samples[i].mos):
+                raise
+            errors.append(str(exc))
+            return None
 
 
 class _Sink:

@@ -164,10 +164,13 @@ def cmd_data_info(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2, default=str))
         return 0
     print(f"dataset {summary['name']} ({recipe.data.root or 'default root'}), skipped rows: {summary['skipped']}")
-    print(f"{'split':<12}{'count':>8}{'MOS min':>12}{'MOS max':>12}")
+    print(f"{'split':<12}{'labelled':>9}{'MOS min':>12}{'MOS max':>12}")
     for split, row in summary.items():
-        if isinstance(row, dict):
-            print(f"{split:<12}{row['count']:>8}{row['mos_raw_min']:>12.4g}{row['mos_raw_max']:>12.4g}")
+        if isinstance(row, dict) and "mos_raw_min" in row:
+            print(f"{split:<12}{row['count']:>9}{row['mos_raw_min']:>12.4g}{row['mos_raw_max']:>12.4g}")
+    pool = summary.get("unlabelled")
+    if pool:
+        print(f"unlabelled pool: {pool['count']} images for distillation ({pool['source']}), {pool['left_out']} left out")
     return 0
 
 

@@ -41,6 +41,31 @@ class SplitConfig:
 
 
 @dataclass
+class UnlabelledConfig:
+    """An unlabelled image pool: the teacher labels it, the KD student trains on it (kdiqa/data/unlabelled.py).
+
+    Give at most one source; none (the default) means no pool.
+    """
+
+    folder: str | None = None  # a folder of images, searched recursively (.jpg, .png, .webp, .tif, ...)
+    csv: str | None = None  # a CSV file with a `path` column (other columns are ignored)
+    root: str | None = None  # base folder of the CSV's relative paths (default: the CSV's folder)
+    mini: int = 0  # data.name mini only: this many extra unlabelled crops of the training photographs
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.folder or self.csv or self.mini)
+
+    def check(self, at: str) -> None:
+        given = [key for key in ("folder", "csv", "mini") if getattr(self, key)]
+        if len(given) > 1:
+            raise ConfigError(f"{at}: give one pool source, not {' and '.join(given)}")
+        _positive(f"{at}.mini", self.mini, allow_zero=True)
+        if self.root is not None and not self.csv:
+            raise ConfigError(f"{at}.root: only used with {at}.csv (the base folder of its relative paths)")
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING  # a registered dataset: `kdiqa data list`
     root: str | None = None  # the dataset's folder as the publisher ships it
@@ -51,9 +76,13 @@ class DataConfig:
     eval_batch_size: int = 64
     num_workers: int = 0
     shuffle: bool = True  # shuffle training samples each epoch (off: fixed order, e.g. to compare runs)
+    unlabelled: UnlabelledConfig = field(default_factory=UnlabelledConfig)  # an extra pool for distillation only
 
     def check(self, at: str) -> None:
         _choice(f"{at}.on_bad_row", self.on_bad_row, ("error", "skip"))
+        if self.unlabelled.mini and self.name != "mini":
+            raise ConfigError(f"{at}.unlabelled.mini: extra crops exist only for {at}.name: mini (got {self.name!r}); "
+                              "give another dataset's pool as unlabelled.folder or unlabelled.csv")
         _positive(f"{at}.batch_size", self.batch_size)
         _positive(f"{at}.eval_batch_size", self.eval_batch_size)
         _positive(f"{at}.num_workers", self.num_workers, allow_zero=True)
@@ -208,9 +237,14 @@ class DistillConfig:
     features: list[FeaturePair] = field(default_factory=list)
     dist: list[LossTerm] = field(default_factory=list)  # student ↔ teacher score distribution
     fit: FitConfig = field(default_factory=FitConfig)  # label losses, optimiser, monitor, trainer overrides (KD and baseline)
+    # with data.unlabelled: the share of every KD training batch drawn from the pool (null: the pool and the
+    # labelled training set are shuffled together, so each batch holds them in their natural proportion)
+    unlabelled_fraction: float | None = None
 
     def check(self, at: str) -> None:
         _choice(f"{at}.source", self.source, ("cache", "online"))
+        if self.unlabelled_fraction is not None and not 0 <= self.unlabelled_fraction <= 1:
+            raise ConfigError(f"{at}.unlabelled_fraction: must be in [0, 1] (or null), got {self.unlabelled_fraction!r}")
         for i, term in enumerate(self.fit.losses):
             if term.output != "score":  # cached views carry the label score only; KD and baseline must agree
                 raise ConfigError(

@@ -17,6 +17,7 @@ from kdiqa.config.schema import DataConfig, ViewConfig
 from kdiqa.data.images import load_image
 from kdiqa.data.sample import SPLITS, IQASample, LoadedDataset
 from kdiqa.data.splits import assign_splits, split_summary
+from kdiqa.data.unlabelled import Pool, load_pool, readable
 from kdiqa.data.views import ViewParams, ViewSampler
 from kdiqa.errors import ConfigError, DataError
 from kdiqa.registry import DATASETS
@@ -99,17 +100,41 @@ class IQADataModule(pl.LightningDataModule):
         self.views = views
         self.splits: dict[str, list[IQASample]] = {}
         self.dataset: LoadedDataset | None = None
+        self._pool: Pool | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is None:
             self.dataset = load_dataset(self.data_cfg)
             self.splits = split_dataset(self.data_cfg, self.dataset)
 
+    def pool(self) -> Pool | None:
+        """The unlabelled pool (``data.unlabelled``), loaded on first use: only distillation trains on it."""
+        self.setup()
+        if self._pool is None and self.data_cfg.unlabelled.enabled:
+            assert self.dataset is not None
+            self._pool = load_pool(self.data_cfg, self.dataset.samples)
+        return self._pool
+
+    def distill_samples(self, check_pool: bool = False) -> list[IQASample]:
+        """The labelled training samples, then the pool: what the cache indexes and the KD student sees.
+
+        ``check_pool`` decodes the pool once and drops what does not decode (for online distillation;
+        the cache stage finds and skips such images itself, as it decodes them anyway).
+        """
+        pool = self.pool()
+        if pool is None:
+            return list(self.splits["train"])
+        return list(self.splits["train"]) + (readable(pool.samples) if check_pool else pool.samples)
+
     def summary(self) -> dict[str, Any]:
+        """Labelled counts and MOS ranges per split, plus ``unlabelled`` (the pool) when there is one."""
         self.setup()
         assert self.dataset is not None
         info = split_summary([s for split in SPLITS for s in self.splits[split]])
         info.update(name=self.dataset.name, skipped=len(self.dataset.skipped))
+        pool = self.pool()
+        if pool is not None:
+            info["unlabelled"] = pool.summary()
         return info
 
     def split_dataset(self, split: str, train_views: bool | None = None) -> IQADataset:

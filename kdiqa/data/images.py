@@ -28,7 +28,10 @@ MAX_PIXELS = 2 * 89_478_485
 # are arbitrary (often black) and would otherwise leak into the model input.
 ALPHA_BACKGROUND = (255, 255, 255)
 
-__all__ = ["MAX_PIXELS", "ALPHA_BACKGROUND", "load_image", "to_rgb"]
+# What counts as an image when a folder is searched (``kdiqa predict``, ``data.unlabelled.folder``).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif", ".ppm", ".pgm"})
+
+__all__ = ["MAX_PIXELS", "ALPHA_BACKGROUND", "IMAGE_SUFFIXES", "load_image", "to_rgb"]
 
 # What Pillow's decoders raise on corrupt or truncated files (each plugin has its habits).
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, struct.error, IndexError)

@@ -73,9 +73,26 @@ class DistillModule(MOSFitModule):
         with torch.no_grad():
             return teacher_targets(teacher(batch["image"]), self.feature_names, self.pool)
 
+    def masked_label_loss(self, score: torch.Tensor, mos: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``fit.losses`` over the rows that have a label; pool rows (MOS NaN) have none.
+
+        Each term averages over the labelled rows only, as it would over a batch of them alone; a batch
+        without any gives exactly zero (not NaN), still attached to the graph.
+        """
+        labelled = torch.isfinite(mos)
+        if bool(labelled.all()):
+            return self.loss(score, mos)
+        if not bool(labelled.any()):
+            zero = score.sum() * 0.0
+            return zero, {key: zero for key in self.loss.keys}
+        return self.loss(score[labelled], mos[labelled])
+
     def distill_loss(self, out: Mapping[str, Any], batch: Mapping[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Weighted sum of label, teacher-score, feature and distribution terms, with each part."""
-        total, parts = self.loss(out["score"], batch["mos"].float())
+        """Weighted sum of label, teacher-score, feature and distribution terms, with each part.
+
+        Label terms cover the labelled rows (:meth:`masked_label_loss`); teacher terms cover every row.
+        """
+        total, parts = self.masked_label_loss(out["score"], batch["mos"].float())
         parts = {f"label/{k}": v for k, v in parts.items()}
         targets = self.targets(batch)
         if self.score_kd is not None:

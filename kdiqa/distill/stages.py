@@ -4,13 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from kdiqa.config import Recipe
-from kdiqa.data.datamodule import IQADataModule, make_sampler
-from kdiqa.errors import CheckpointError
+from kdiqa.data.datamodule import IQADataModule, IQADataset, make_sampler
+from kdiqa.data.unlabelled import is_labelled
+from kdiqa.errors import CheckpointError, ConfigError
 from kdiqa.io import read_json
 from kdiqa.registry import STUDENTS
 from kdiqa.run import seed_stage
@@ -25,7 +27,10 @@ def cache_path(recipe: Recipe, run_dir: Path) -> Path:
 
 
 def stage_cache(recipe: Recipe, run_dir: Path, shard: tuple[int, int] | None = None, force: bool = False) -> dict[str, Any]:
-    """Run the trained teacher once per (training image, view) and store its targets in HDF5."""
+    """Run the trained teacher once per (training image, view) and store its targets in HDF5.
+
+    The training images are the labelled training split, then the unlabelled pool if the recipe has one.
+    """
     from kdiqa.cache import build_cache
     from kdiqa.evaluate import default_device
     from kdiqa.stages import trained_teacher_path
@@ -37,7 +42,7 @@ def stage_cache(recipe: Recipe, run_dir: Path, shard: tuple[int, int] | None = N
     c = recipe.cache
     return build_cache(
         teacher,
-        dm.splits["train"],
+        dm.distill_samples(),
         make_sampler(recipe.views, train=c.views_per_image > 1 or not c.first_view_eval),
         cache_path(recipe, run_dir),
         views_per_image=c.views_per_image,
@@ -72,15 +77,32 @@ def load_model(path: str | Path) -> nn.Module:
 
 
 class _WithTrainSet(IQADataModule):
-    """The recipe's val/test data with a different training set (cached views)."""
+    """The recipe's val/test data with a different training set (cached views, or labelled + pool).
 
-    def __init__(self, base: IQADataModule, train_set: Dataset):
+    ``labelled`` (per training item) and ``fraction`` ask for batches with a fixed share of pool items
+    (``distill.unlabelled_fraction``, :class:`kdiqa.data.mix.MixedSampler`).
+    """
+
+    def __init__(self, base: IQADataModule, train_set: Dataset, labelled: np.ndarray | None = None,
+                 fraction: float | None = None):
         super().__init__(base.data_cfg, base.views)
-        self.dataset, self.splits = base.dataset, base.splits  # already loaded and split
+        self.dataset, self.splits, self._pool = base.dataset, base.splits, base._pool  # already loaded and split
         self.train_set = train_set
+        self.labelled, self.fraction = labelled, fraction
 
     def train_dataloader(self) -> DataLoader:
-        return self.training_loader(self.train_set)
+        if self.fraction is None or self.labelled is None:
+            return self.training_loader(self.train_set)
+        from kdiqa.data.mix import MixedSampler
+
+        cfg, trainer = self.data_cfg, self.trainer
+        distributed = trainer is not None and trainer.world_size > 1
+        sampler = MixedSampler(
+            self.labelled, cfg.batch_size, self.fraction, seed=torch.initial_seed() % 2**31, shuffle=cfg.shuffle,
+            num_replicas=trainer.world_size if distributed else 1, rank=trainer.global_rank if distributed else 0,
+        )
+        return DataLoader(self.train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
+                          persistent_workers=cfg.num_workers > 0)
 
 
 def build_student(recipe: Recipe, feature_shapes: dict[str, tuple[int, ...]]) -> nn.Module:
@@ -132,17 +154,24 @@ def stage_distill(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
     seed_stage(recipe)
     dm = IQADataModule(data_for(recipe.data, recipe.distill.fit), recipe.views)
     dm.setup()
+    fraction = recipe.distill.unlabelled_fraction
+    if fraction is not None and dm.pool() is None:
+        raise ConfigError("distill.unlabelled_fraction: set, but the recipe has no unlabelled pool (data.unlabelled)")
     teacher = None
     if recipe.distill.source == "cache":
         train_set = CachedViews(
-            cache_path(recipe, run_dir), dm.splits["train"], make_sampler(recipe.views, train=True),
+            cache_path(recipe, run_dir), dm.distill_samples(), make_sampler(recipe.views, train=True),
             views=recipe.cache.epoch_views, features=sorted({p.target for p in recipe.distill.features}),
         )
         student = build_student(recipe, train_set.feature_shapes())
-        dm = _WithTrainSet(dm, train_set)
+        dm = _WithTrainSet(dm, train_set, train_set.labelled_items(), fraction)
     else:
         teacher = load_teacher(_require_model(trained_teacher_path(recipe, run_dir), "kdiqa fit-teacher"))
         student = build_student(recipe, _target_shapes(recipe, run_dir, dm))
+        if dm.pool() is not None:  # labelled training images + the pool images that decode
+            samples = dm.distill_samples(check_pool=True)
+            labelled = np.array([is_labelled(s) for s in samples], dtype=bool)
+            dm = _WithTrainSet(dm, IQADataset(samples, make_sampler(recipe.views, train=True)), labelled, fraction)
     module = DistillModule(student, recipe.distill.fit, recipe.distill, teacher=teacher, pool=recipe.cache.pool)
     return _fit_student(recipe, run_dir, KD, module, dm)
 
@@ -157,13 +186,16 @@ def _target_shapes(recipe: Recipe, run_dir: Path, dm: IQADataModule) -> dict[str
         return {}
     path = cache_path(recipe, run_dir)
     if path.is_file():
-        return CachedViews(path, dm.splits["train"], make_sampler(recipe.views, train=True)).feature_shapes()
+        return CachedViews(path, dm.distill_samples(), make_sampler(recipe.views, train=True)).feature_shapes()
     teacher = load_teacher(_require_model(trained_teacher_path(recipe, run_dir), "kdiqa fit-teacher"))
     return _online_shapes(recipe, teacher)
 
 
 def stage_baseline(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
-    """The same student (projectors and head included) trained on labels only: what KD is measured against."""
+    """The same student (projectors and head included) trained on labels only: what KD is measured against.
+
+    It trains on the labelled training split alone: the unlabelled pool has nothing to offer it.
+    """
     from kdiqa.fit import MOSFitModule
     from kdiqa.stages import data_for
 

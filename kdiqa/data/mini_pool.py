@@ -1,0 +1,115 @@
+"""Extra unlabelled crops of the mini dataset's training photographs: ``data.unlabelled: {mini: N}``.
+
+Why: the embedded default must show the reason people distil — the teacher can label far more images
+than humans rated — so it needs a pool beside its labelled set. The pool is made exactly like the
+training samples (:func:`kdiqa.data.mini.make_sample`: a random textured crop of a *training*
+photograph, one random distortion at a random level, or none), from its own seed stream
+``numpy.random.default_rng([seed, POOL_STREAM, i])`` (the labelled splits use streams 0, 1, 2), so
+no pool crop repeats a labelled one and validation and test photographs are never touched. No
+label is computed: the MS-SSIM pseudo-MOS is what the labelled set has and the pool lacks, and
+skipping it also makes the pool cheap (~1 ms a crop).
+
+Output: ``<mini root>/unlabelled-<N>/images/{i:06d}.png`` and ``list.csv`` (``path,group``: the
+photograph, for analysis; no label column), then ``meta.json``, written last. The folder is built
+under a temporary name and moved into place, so a folder with that name is always complete; a
+complete one made with the same parameters is reused, and it depends only on the dataset's seed,
+size and training photographs (read from the built dataset's ``meta.json``), so it is deterministic.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from kdiqa.data.mini import KIND, load_photographs, make_sample
+from kdiqa.errors import DataError
+
+POOL_VERSION = 1
+POOL_KIND = "kdiqa-mini-unlabelled"
+POOL_STREAM = 3  # seed stream of pool crops: after the train/val/test streams 0, 1, 2 of make_mini
+
+
+def pool_folder(root: str | Path, n: int) -> Path:
+    return Path(root) / f"unlabelled-{n}"
+
+
+def make_mini_pool(root: str | Path, n: int, progress: bool = True) -> list[tuple[str, str]]:
+    """Build (or reuse) ``n`` unlabelled crops beside the mini dataset in ``root``; returns
+    ``(absolute path, photograph)`` per crop, in order."""
+    root = Path(root)
+    if n < 1:
+        raise DataError(f"data.unlabelled.mini: need at least 1 crop, got {n}")
+    try:
+        meta = json.loads((root / "meta.json").read_text())
+    except (OSError, ValueError):
+        meta = {}
+    if meta.get("kind") != KIND:
+        raise DataError(f"{root}: no mini dataset here (meta.json missing or not made by kdiqa); build it first")
+    params = {"version": POOL_VERSION, "n": n, "size": meta["size"], "seed": meta["seed"],
+              "photographs": sorted(meta["photographs"]["train"])}
+    folder = pool_folder(root, n)
+    if not _is_complete(folder, params):
+        _build(folder, params, progress)
+    with open(folder / "list.csv", newline="") as f:
+        return [(str(folder / row["path"]), row["group"]) for row in csv.DictReader(f)]
+
+
+def _is_complete(folder: Path, params: dict) -> bool:
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return meta.get("kind") == POOL_KIND and meta.get("params") == params
+
+
+def _build(folder: Path, params: dict, progress: bool) -> None:
+    from tqdm.auto import tqdm
+
+    names = params["photographs"]
+    photos = {name: Image.fromarray(img) for name, img in load_photographs(names).items()}
+    if sorted(photos) != names:
+        raise DataError(f"mini pool: training photographs {', '.join(sorted(set(names) - set(photos)))} no longer load")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.building-", dir=folder.parent))
+    try:
+        (tmp / "images").mkdir()
+        listing = io.StringIO(newline="")
+        writer = csv.writer(listing, lineterminator="\n")
+        writer.writerow(["path", "group"])
+        for i in tqdm(range(params["n"]), desc="mini unlabelled pool", unit="img", disable=not progress, leave=False):
+            rng = np.random.default_rng([params["seed"], POOL_STREAM, i])
+            _, distorted, spec = make_sample(photos, names, params["size"], rng)
+            name = f"images/{i:06d}.png"
+            Image.fromarray(distorted).save(tmp / name, compress_level=1)
+            writer.writerow([name, spec.photo])
+        (tmp / "list.csv").write_text(listing.getvalue())
+        meta = {"kind": POOL_KIND, "params": params, "stream": POOL_STREAM,
+                "made": "kdiqa.data.mini.make_sample on the training photographs; no labels computed"}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")  # last: marks the folder complete
+        _move_into_place(tmp, folder, params)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _move_into_place(tmp: Path, folder: Path, params: dict) -> None:
+    """Replace ``folder`` by the finished ``tmp``, unless another process finished the same pool first."""
+    if _is_complete(folder, params):
+        return
+    if folder.exists():  # a pool of this size made with other parameters: swap it out, then delete it
+        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
+        os.replace(folder, old / "x")
+        os.replace(tmp, folder)
+        shutil.rmtree(old, ignore_errors=True)
+        return
+    try:
+        os.replace(tmp, folder)
+    except OSError:
+        if not _is_complete(folder, params):  # not a concurrent build of the same pool: a real failure
+            raise

@@ -223,14 +223,24 @@ def _student_options(recipe: Recipe, backbone: str) -> dict[str, Any]:
     return options
 
 
+def registered_student(name: str) -> bool:
+    """A student registered under its own name (e.g. ``dpiqa_official``) rather than a timm backbone."""
+    from kdiqa.registry import STUDENTS
+
+    return name != "timm" and name in STUDENTS
+
+
 def bench_student(recipe: Recipe, backbone: str) -> tuple[nn.Module, str]:
     """A random-weight student of the recipe's kind on ``backbone``: backbone + score head.
 
     Projectors only map features onto a teacher's during training, so none are built here; the
     ``official_mlp`` head reads a projected teacher map, so it is replaced by the pooled-MLP head.
+    A registered student name (``dpiqa_official``) is built as it is, with its own projector and head.
     """
     from kdiqa.registry import STUDENTS
 
+    if registered_student(backbone):
+        return STUDENTS.build(backbone, image_size=recipe.views.size).eval(), ""
     options, note = _student_options(recipe, backbone), ""
     options.pop("projectors", None)
     if options.get("head") == "official_mlp":
@@ -246,7 +256,8 @@ def check_backbones(backbones: Sequence[str]) -> None:
     if not backbones:
         raise ConfigError("bench --students: name at least one timm backbone, e.g. --students efficientnet_b0,mobilenetv3_large_100")
     for name in backbones:
-        create_backbone(name)  # raises ConfigError with close matches
+        if not registered_student(name):
+            create_backbone(name)  # raises ConfigError with close matches
 
 
 def bench_teacher(spec: str, recipe: Recipe, run_dir: Path) -> tuple[nn.Module, str, str, dict[str, float], str]:
@@ -304,6 +315,8 @@ def distill_student(recipe: Recipe, run_dir: Path, backbone: str) -> tuple[nn.Mo
     options.pop("image_size")  # build_student sets it from views.size
     sub.student.name = "timm"
     sub.student.options = options
+    if registered_student(backbone):
+        sub.student.name, sub.student.options = backbone, {}
     sub.cache.path = str(cache_path(recipe, run_dir).resolve())
     sub.distill.source = "cache"
     sub.out = str(run_dir / "bench" / backbone)

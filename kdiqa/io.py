@@ -81,3 +81,46 @@ def load_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a state dict, found {type(obj).__name__}")
     return obj
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """A ``.safetensors`` file read tensor by tensor into freshly allocated memory, without a mapping.
+
+    Why not :func:`load_weights`: safetensors maps the file, and its tensors sit at 8-byte-aligned
+    offsets, where CPU kernels take other code paths (a model loaded onto them with ``assign=True``
+    scores differently in the last bits from the same model loaded by copy). Reading each tensor into
+    its own 64-byte-aligned buffer costs the model's size once, like the mapping, and keeps results
+    bit for bit.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file not found")
+    state: dict[str, torch.Tensor] = {}
+    try:
+        with open(path, "rb") as f:
+            size = int.from_bytes(f.read(8), "little")
+            if not 0 < size <= path.stat().st_size - 8:
+                raise ValueError("not a safetensors file (bad header length)")
+            header = json.loads(f.read(size))
+            start = 8 + size
+            for name, info in header.items():
+                if name == "__metadata__":
+                    continue
+                tensor = torch.empty(info["shape"], dtype=_SAFETENSORS_DTYPES[info["dtype"]])
+                begin, end = info["data_offsets"]
+                if end - begin != tensor.numel() * tensor.element_size():
+                    raise ValueError(f"{name}: {end - begin} bytes for shape {info['shape']}")
+                if tensor.numel():
+                    f.seek(start + begin)
+                    if f.readinto(tensor.reshape(-1).view(torch.uint8).numpy()) != end - begin:
+                        raise EOFError(f"{name}: the file ends inside it")
+                state[name] = tensor
+    except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
+        raise CheckpointError(f"{path}: cannot read weights ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+    return state

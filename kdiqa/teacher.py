@@ -81,21 +81,52 @@ def save_teacher(teacher: Teacher, folder: str | Path) -> Path:
 
 
 def load_teacher(folder: str | Path, map_location: str | torch.device = "cpu") -> Teacher:
-    """Rebuild a saved teacher through the registry and load its weights (strictly)."""
+    """Rebuild a saved teacher through the registry and load its weights (strictly).
+
+    The teacher is first built on the meta device and takes the tensors read from the file as they
+    are (``assign=True``), so a 4 GB teacher costs its size once, not a random initialisation plus a
+    copy (:func:`kdiqa.io.read_safetensors` reads them into aligned memory: results stay bit for bit).
+    A teacher that cannot be built weightless, or that keeps tensors the file does not hold
+    (non-persistent buffers), is built normally and the weights are copied in.
+    """
     from kdiqa.errors import CheckpointError
-    from kdiqa.io import load_weights, read_json
+    from kdiqa.io import read_json, read_safetensors
     from kdiqa.registry import TEACHERS
 
     folder = Path(folder)
     meta = read_json(folder / TEACHER_CONFIG)
     if not isinstance(meta, dict) or "teacher" not in meta or "config" not in meta:
         raise CheckpointError(f"{folder / TEACHER_CONFIG}: not a kdiqa teacher config (needs 'teacher' and 'config')")
-    teacher = TEACHERS.build(meta["teacher"], **meta["config"])
-    state = load_weights(folder / TEACHER_WEIGHTS)
-    missing, unexpected = teacher.load_state_dict(state, strict=False)
-    if missing or unexpected:
+    TEACHERS.get(meta["teacher"])  # an unknown name is a one-line error before anything is read
+    state = read_safetensors(folder / TEACHER_WEIGHTS)
+    teacher = _weightless(TEACHERS, meta["teacher"], meta["config"])
+    built = teacher is None
+    if built:
+        teacher = TEACHERS.build(meta["teacher"], **meta["config"])
+    own = teacher.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    reshaped = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or reshaped:
         raise CheckpointError(
             f"{folder / TEACHER_WEIGHTS}: weights do not match the {meta['teacher']!r} config "
-            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]}, of another shape {reshaped[:3]})"
         )
+    if not built:
+        # same dtypes as the module would have (a cast copies only the tensors that differ)
+        state = {k: v.to(own[k].dtype) if v.is_floating_point() and v.dtype != own[k].dtype else v for k, v in state.items()}
+        teacher.load_state_dict(state, strict=True, assign=True)
+        if any(t.is_meta for t in (*teacher.parameters(), *teacher.buffers())):
+            teacher, built = TEACHERS.build(meta["teacher"], **meta["config"]), True
+    if built:
+        teacher.load_state_dict(state, strict=True)
     return teacher.to(map_location)
+
+
+def _weightless(registry: Any, name: str, config: dict[str, Any]) -> Teacher | None:
+    """The teacher built on the meta device, or None when it cannot be (it then gets a normal build)."""
+    try:
+        with torch.device("meta"):
+            return registry.build(name, **config)
+    except Exception:  # e.g. a builder that reads a file into its modules; the normal build reports real errors
+        return None

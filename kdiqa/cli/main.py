@@ -134,6 +134,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_convert(args: argparse.Namespace) -> int:
+    """``kdiqa convert dpiqa-official TEACHER.pth --prompt-embeddings E.pth -o DIR`` (or ``dpiqa-official-student``)."""
+    from kdiqa.convert import convert
+
+    teacher_options = {k: v for k, v in (("preset", args.preset), ("latent", args.latent)) if v is not None}
+    student_options = {k: v for k, v in (("backbone", args.backbone), ("image_size", args.image_size)) if v is not None}
+    summary = convert(
+        args.kind, args.file, args.out, prompt_embeddings=args.prompt_embeddings, force=args.force,
+        teacher_options=teacher_options, student_options=student_options,
+    )
+    print(f"converted {summary['source']} ({summary['parameters'] / 1e6:.1f}M parameters) into the kdiqa {summary['model']} folder {summary['out']}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """``kdiqa bench RECIPE --students a,b``: size, FLOPs, speed, memory (and SRCC with --distill) per backbone."""
     from kdiqa.bench import run_bench, write_bench
@@ -257,9 +271,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("convert", help="convert a released DP-IQA teacher or student .pth into a kdiqa folder")
+    p.add_argument("kind", choices=["dpiqa-official", "dpiqa-official-student"], help="dpiqa-official: a teacher ({dataset}_model_plcc_best.pth); dpiqa-official-student: {dataset}_student_model_plcc_best.pth")
+    p.add_argument("file", help="the released state dict (.pth)")
+    p.add_argument("-o", "--out", required=True, help="the kdiqa folder to write (model.safetensors + config.json)")
+    p.add_argument("--prompt-embeddings", help="teacher: the official quality_embeddings.pth (1485 x 768)")
+    p.add_argument("--force", action="store_true", help="replace an existing output folder")
+    p.add_argument("--preset", help="teacher: architecture preset (default sd15)")
+    p.add_argument("--latent", choices=["mean", "sample"], help="teacher: VAE latent (default mean: deterministic)")
+    p.add_argument("--backbone", help="student: torchvision EfficientNet variant (default efficientnet_b7)")
+    p.add_argument("--image-size", type=int, help="student: input side in pixels (default 512)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    p.set_defaults(func=cmd_convert)
+
     p = sub.add_parser("bench", help="compare student backbones: parameters, FLOPs, latency, throughput, memory, SRCC")
     _common(p)
-    p.add_argument("--students", required=True, help="comma-separated timm backbones, e.g. efficientnet_b0,mobilenetv3_large_100")
+    p.add_argument("--students", required=True, help="comma-separated timm backbones or registered students, e.g. efficientnet_b0,mobilenetv3_large_100,dpiqa_official")
     p.add_argument("--teacher", default="sd15", help="the teacher row: none, tiny, sd15, sd21 (DP-IQA, random weights), trained (the recipe's fitted teacher) or a saved teacher folder (default: sd15)")
     p.add_argument("--distill", action="store_true", help="distil each student from the recipe's complete cache with its schedule, for SRCC/PLCC")
     p.add_argument("--repeats", type=int, default=10, help="timed forwards per student and batch size (default: 10)")

@@ -8,18 +8,22 @@ image ─┬─ frozen VAE encoder → latent (mean, or a seeded sample) → shi
                        outputs of every up block → quality feature decoder → quality_map → score
 
 One clear way to get weights in: the constructor builds the architecture from its (JSON) options;
-the *weight source* options ``sd_checkpoint``, ``sd_config``, ``text_encoder`` and a
-``prompt_embeddings`` file are read at that first build only and then cleared in ``self.config``
-(``initialised_from`` records where the weights came from). ``save_teacher`` writes that config plus
-the state dict, whose ``prompt_embeddings`` buffer holds the encoded prompts, so ``load_teacher``
-rebuilds with random weights and loads everything back without the SD checkpoint or text encoder.
+the *weight source* options ``sd_checkpoint``, ``sd_config``, ``official_weights``, ``text_encoder`` and
+a ``prompt_embeddings`` file are read at that first build only and then cleared in ``self.config``
+(``initialised_from`` records where the weights came from). ``official_weights`` is a teacher the
+DP-IQA authors released (:mod:`teachers.dpiqa.official` maps its keys): it holds the VAE and U-Net
+too, so no SD checkpoint is read, and the modules are built on the meta device and take the file's
+memory-mapped tensors as they are (no second copy of a 1B-parameter model). ``save_teacher`` writes
+that config plus the state dict, whose ``prompt_embeddings`` buffer holds the encoded prompts, so
+``load_teacher`` rebuilds the architecture and loads everything back without the SD checkpoint or
+text encoder.
 
 Input: views in [0, 1] (kdiqa's convention). ``input_range="[-1,1]"`` (default) maps them to
 [-1, 1] inside, the range the VAE was trained on; ``input_range="[0,1]"`` feeds them unchanged,
-as the official code does, for weights trained by it. Both the VAE and the image adapter see the same
-tensor; with ``image_adapter.input: rgb+lcn`` the adapter also gets that image's local contrast
-normalisation as three more channels (what a small adapter trained from scratch learns quality from
-fastest; see :func:`teachers.dpiqa.adapters.local_contrast_normalise`).
+as the official code does, for weights trained by it (the default with ``official_weights``). Both
+the VAE and the image adapter see the same tensor; with ``image_adapter.input: rgb+lcn`` the adapter
+also gets that image's local contrast normalisation as three more channels (what a small adapter
+trained from scratch learns quality from fastest; see :func:`teachers.dpiqa.adapters.local_contrast_normalise`).
 
 Trainable parts (``requires_grad``; :meth:`DPIQATeacher.trainable_parameters` lists them): the image
 adapter (unless ``image_adapter.trainable`` is false), the text adapter, the decoder and the U-Net per
@@ -30,7 +34,9 @@ frozen and kept in eval mode. The prompt embeddings are a buffer, never trained.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import warnings
 from collections.abc import Sequence
 from functools import partial
 from typing import Any
@@ -110,6 +116,7 @@ class DPIQATeacher(Teacher):
     ``tiny``). Weight sources, used at the first build only:
       sd_checkpoint      SD diffusers folder or one .safetensors/.ckpt file (absent: random weights)
       sd_config          diffusers-layout folder of unet/vae configs for a single file of another architecture
+      official_weights   a released DP-IQA teacher state dict (…_model_plcc_best.pth; preset sd15 by default)
       text_encoder       CLIP folder to encode the prompts (default: the checkpoint's text_encoder/)
       prompt_embeddings  (N, D) embedding file, or "random"
     Architecture: unet, vae (diffusers configs), image_adapter {enabled, adapter_type, num_res_blocks,
@@ -129,6 +136,7 @@ class DPIQATeacher(Teacher):
         # weight sources, read at the first build only (then cleared in self.config)
         sd_checkpoint: str | None = None,
         sd_config: str | None = None,
+        official_weights: str | None = None,
         text_encoder: str | None = None,
         prompt_embeddings: str | None = None,
         # architecture (preset defaults; unet/vae are diffusers configs merged key by key)
@@ -142,8 +150,8 @@ class DPIQATeacher(Teacher):
         scenes: Sequence[str] | None = None,
         distortions: Sequence[str] | None = None,
         image_size: int | None = None,
-        # forward behaviour
-        input_range: str = "[-1,1]",
+        # forward behaviour ("[0,1]" by default with official_weights, else "[-1,1]")
+        input_range: str | None = None,
         latent: str = "mean",
         latent_stats: Sequence[Any] | None = None,
         timestep: int = 1,
@@ -154,6 +162,11 @@ class DPIQATeacher(Teacher):
         gradient_checkpointing: bool = False,
         initialised_from: dict[str, Any] | None = None,
     ):
+        official_state = None
+        if official_weights is not None:
+            official_state = self._read_official(official_weights, sd_checkpoint, prompt_embeddings, text_encoder, input_range)
+            preset = preset or "sd15"
+        input_range = input_range or ("[0,1]" if official_state is not None else "[-1,1]")
         _check_choice("input_range", input_range, INPUT_RANGES)
         _check_choice("latent", latent, LATENT_MODES)
         _check_choice("unet_trainable", unet_trainable, UNET_TRAINABLE)
@@ -190,7 +203,8 @@ class DPIQATeacher(Teacher):
         image_size = int(image_size or defaults["image_size"])
 
         super().__init__(
-            preset=preset, sd_checkpoint=None, sd_config=None, text_encoder=None, prompt_embeddings=None,
+            preset=preset, sd_checkpoint=None, sd_config=None, official_weights=None, text_encoder=None,
+            prompt_embeddings=None,
             unet=unet_cfg, vae=vae_cfg, image_adapter=image_adapter_cfg, text_adapter=text_adapter_cfg,
             decoder=decoder_cfg, prompt_template=prompt_template, qualities=qualities, scenes=scenes,
             distortions=distortions, image_size=image_size, input_range=input_range, latent=latent,
@@ -201,8 +215,6 @@ class DPIQATeacher(Teacher):
 
         from diffusers import AutoencoderKL, UNet2DConditionModel
 
-        self.unet = components.unet if components else UNet2DConditionModel.from_config(unet_cfg)
-        self.vae = components.vae if components else AutoencoderKL.from_config(vae_cfg)
         self.prompts = build_prompts(qualities, scenes, distortions, prompt_template)
         dim = int(unet_cfg["cross_attention_dim"])
         self.vae_downscale = vae_downscale(vae_cfg)
@@ -210,23 +222,31 @@ class DPIQATeacher(Teacher):
         if image_adapter_cfg.get("enabled", True):
             _check_unet_for_adapter(unet_cfg)
 
-        self.image_adapter = (
-            build_image_adapter(
-                channels, self.vae_downscale, int(image_adapter_cfg["num_res_blocks"]),
-                image_adapter_cfg.get("adapter_type", "full_adapter"), image_adapter_cfg["input"],
+        # released weights replace every tensor: build weightless, then take the file's tensors (assign)
+        with torch.device("meta") if official_state is not None else contextlib.nullcontext():
+            self.unet = components.unet if components else UNet2DConditionModel.from_config(unet_cfg)
+            self.vae = components.vae if components else AutoencoderKL.from_config(vae_cfg)
+            self.image_adapter = (
+                build_image_adapter(
+                    channels, self.vae_downscale, int(image_adapter_cfg["num_res_blocks"]),
+                    image_adapter_cfg.get("adapter_type", "full_adapter"), image_adapter_cfg["input"],
+                )
+                if image_adapter_cfg.get("enabled", True)
+                else None
             )
-            if image_adapter_cfg.get("enabled", True)
-            else None
-        )
-        self.text_adapter = TextAdapter(dim, text_adapter_cfg.get("hidden"), float(text_adapter_cfg["gamma_init"]))
-        self.decoder = QualityFeatureDecoder(
-            in_channels=list(reversed(channels)),
-            width=int(decoder_cfg["width"]),
-            head_channels=list(decoder_cfg["head_channels"]),
-            mlp_hidden=int(decoder_cfg["mlp_hidden"]),
-            map_size=int(decoder_cfg["map_size"]),
-            se_reduction=int(decoder_cfg["se_reduction"]),
-        )
+            self.text_adapter = TextAdapter(dim, text_adapter_cfg.get("hidden"), float(text_adapter_cfg["gamma_init"]))
+            self.decoder = QualityFeatureDecoder(
+                in_channels=list(reversed(channels)),
+                width=int(decoder_cfg["width"]),
+                head_channels=list(decoder_cfg["head_channels"]),
+                mlp_hidden=int(decoder_cfg["mlp_hidden"]),
+                map_size=int(decoder_cfg["map_size"]),
+                se_reduction=int(decoder_cfg["se_reduction"]),
+            )
+        if official_state is not None:
+            from teachers.dpiqa.official import load_official_teacher
+
+            load_official_teacher(self, official_state, official_weights)
 
         embeddings, prompt_source = self._initial_prompt_embeddings(
             components, text_encoder, prompt_embeddings, dim, seed
@@ -239,12 +259,14 @@ class DPIQATeacher(Teacher):
         self.register_buffer("latent_shift", shift)
         self.register_buffer("latent_scale", scale)
 
-        if components is not None or text_encoder is not None or prompt_embeddings is not None:
+        if components is not None or text_encoder is not None or prompt_embeddings is not None or official_state is not None:
             self.config["initialised_from"] = {
                 "sd_checkpoint": components.source if components else None,
                 "family": components.family if components else None,
                 "prompts": prompt_source,
             }
+            if official_state is not None:
+                self.config["initialised_from"]["official_weights"] = str(official_weights)
         self.vae.requires_grad_(False)
         self.vae.eval()
         if gradient_checkpointing:
@@ -252,6 +274,29 @@ class DPIQATeacher(Teacher):
         self.apply_trainable_policy()
 
     # ------------------------------------------------------------------ building
+    @staticmethod
+    def _read_official(
+        path: str, sd_checkpoint: str | None, prompt_embeddings: str | None, text_encoder: str | None, input_range: str | None
+    ) -> dict[str, torch.Tensor]:
+        """The released state dict (memory-mapped), after checking the options that go with it."""
+        from teachers.dpiqa.official import read_official_teacher
+
+        if sd_checkpoint is not None:
+            raise ConfigError(
+                "teacher.options: give official_weights or sd_checkpoint, not both (the released file holds its own VAE and U-Net)"
+            )
+        if prompt_embeddings is None and text_encoder is None:
+            raise CheckpointError(
+                f"{path}: a released DP-IQA teacher holds no prompt embeddings; set teacher.options.prompt_embeddings "
+                "to the official quality_embeddings.pth (1485 x 768), or text_encoder to a CLIP ViT-L/14 folder"
+            )
+        if input_range == "[-1,1]":
+            warnings.warn(
+                f"{path}: the released DP-IQA weights were trained on images in [0, 1]; input_range '[-1,1]' changes their scores",
+                stacklevel=3,
+            )
+        return read_official_teacher(path)
+
     def _initial_prompt_embeddings(
         self, components: Any, text_encoder: str | None, embeddings_file: str | None, dim: int, seed: int | None
     ) -> tuple[torch.Tensor, str]:
@@ -481,7 +526,7 @@ def describe(preset: str = "tiny", **options: Any) -> dict[str, Any]:
 
     Built on the meta device: no checkpoint, no memory for weights, no forward pass.
     """
-    for key in ("sd_checkpoint", "text_encoder", "prompt_embeddings"):
+    for key in ("sd_checkpoint", "official_weights", "text_encoder", "prompt_embeddings"):
         if options.get(key) is not None:
             raise ConfigError(f"describe: {key} is not used here (the architecture comes from the preset)")
     with torch.device("meta"):

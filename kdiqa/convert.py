@@ -1,0 +1,97 @@
+"""``kdiqa convert``: released DP-IQA files → kdiqa folders (``model.safetensors`` + ``config.json``).
+
+Why convert once: the released teacher is a 4.3 GB ``.pth`` that needs a separate prompt-embedding file
+and a key map at every load; the folder this writes is what ``load_teacher``/``load_student``,
+``teacher.checkpoint``, ``kdiqa eval``/``cache``/``predict --model`` already read — safetensors, no
+pickle, no Stable Diffusion checkpoint, no text encoder.
+
+Kinds: ``dpiqa-official`` (a teacher ``{dataset}_model_plcc_best.pth``, with ``--prompt-embeddings``
+``quality_embeddings.pth``) and ``dpiqa-official-student`` (``{dataset}_student_model_plcc_best.pth``).
+A file of the other kind, a whole pickled module, a truncated file or another model's weights is a
+one-line error. The teacher is built on the meta device and takes the file's memory-mapped tensors
+(``assign=True``), so converting needs about the file's size in memory, not twice it.
+
+The folder is written atomically: into a temporary folder beside ``out``, renamed into place when
+complete; an existing ``out`` is replaced only with ``force``.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from kdiqa.errors import CheckpointError, ConfigError
+from kdiqa.io import _umask
+
+KINDS = ("dpiqa-official", "dpiqa-official-student")
+
+
+@contextmanager
+def atomic_folder(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``out``; it becomes ``out`` only if the block succeeds."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise CheckpointError(f"{out}: already exists; choose another -o or pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; results are meant to be shared
+    try:
+        yield tmp
+        if out.exists():
+            old = out.with_name(f".{out.name}.{os.getpid()}.old")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink()
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def convert(
+    kind: str,
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    prompt_embeddings: str | None = None,
+    force: bool = False,
+    teacher_options: dict[str, Any] | None = None,
+    student_options: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Convert ``source`` (a released file of ``kind``) into the kdiqa folder ``out``; returns a summary."""
+    if kind not in KINDS:
+        raise ConfigError(f"convert: unknown kind {kind!r} (choose from {', '.join(KINDS)})")
+    if Path(out).exists() and not force:  # before reading gigabytes
+        raise CheckpointError(f"{out}: already exists; choose another -o or pass --force to replace it")
+    if kind == "dpiqa-official":
+        if prompt_embeddings is None:
+            raise ConfigError(
+                "convert dpiqa-official: the released teacher holds no prompt embeddings; pass --prompt-embeddings "
+                "quality_embeddings.pth (the official 1485 x 768 CLIP ViT-L/14 text features)"
+            )
+        from kdiqa.teacher import save_teacher
+        from teachers.dpiqa import DPIQATeacher
+
+        options = dict(teacher_options or {})
+        options.setdefault("preset", "sd15")
+        model = DPIQATeacher(official_weights=str(source), prompt_embeddings=str(prompt_embeddings), **options)
+        with atomic_folder(out, force) as tmp:
+            save_teacher(model, tmp)
+        what = "teacher"
+    else:
+        from students.official import OfficialStudent
+        from students.student import save_student
+
+        model = OfficialStudent(weights=str(source), **(student_options or {}))
+        with atomic_folder(out, force) as tmp:
+            save_student(model, tmp)
+        what = "student"
+    params = sum(p.numel() for p in model.parameters())
+    return {"kind": kind, "model": what, "out": str(out), "parameters": params, "source": str(source)}

@@ -54,16 +54,26 @@ def _fmt(value: Any, digits: int = 4) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def speedups(models: list[ModelInfo]) -> dict[str, float]:
+    """Each model's batch-1 speed-up over the run's teacher (the model keyed ``teacher``), if there is one."""
+    teacher = next((m for m in models if m.key == "teacher"), None)
+    if teacher is None:
+        return {}
+    return {m.key: teacher.latency_ms / m.latency_ms for m in models if m.latency_ms > 0}
+
+
 def summary_table(metrics: dict[str, Any], models: list[ModelInfo], split: str = "test") -> str:
-    """A markdown table: one row per model, test metrics, size and speed."""
-    head = "| model | SRCC | KRCC | PLCC (raw) | PLCC (logistic fit) | RMSE | params | latency, batch 1 (ms) |"
-    rows = [head, "|" + "---|" * 8]
+    """A markdown table: one row per model, test metrics, size, speed and speed-up over the teacher."""
+    faster = speedups(models)
+    head = "| model | SRCC | KRCC | PLCC (raw) | PLCC (logistic fit) | RMSE | params | latency, batch 1 (ms) | vs teacher |"
+    rows = [head, "|" + "---|" * 9]
     for m in models:
         r = metrics.get(m.key, {}).get(split, {})
+        speed = f"{faster[m.key]:.1f}× faster" if m.key in faster and m.key != "teacher" else "—"
         rows.append(
             f"| {m.label} | {_fmt(r.get('srcc', float('nan')))} | {_fmt(r.get('krcc', float('nan')))} | "
             f"{_fmt(r.get('plcc', float('nan')))} | {_fmt(r.get('plcc_fitted', float('nan')))} | "
-            f"{_fmt(r.get('rmse', float('nan')))} | {m.params:,} | {m.latency_ms:.2f} ± {m.latency_spread_ms / 2:.2f} |"
+            f"{_fmt(r.get('rmse', float('nan')))} | {m.params:,} | {m.latency_ms:.2f} ± {m.latency_spread_ms / 2:.2f} | {speed} |"
         )
     return "\n".join(rows)
 
@@ -116,8 +126,24 @@ def plot_bars(run_dir: Path, metrics: dict[str, Any], models: list[ModelInfo], s
     ax1.set_title(f"accuracy, {split} split")
     ax1.legend()
     ax2.scatter([m.latency_ms for m in models], [m.params for m in models], s=60)
+    # Models of one architecture (KD and label-only students) sit on the same spot: one label per spot,
+    # listing them, placed beside the point and kept inside the axes.
+    spots: list[tuple[ModelInfo, list[str]]] = []
     for m in models:
-        ax2.annotate(m.label, (m.latency_ms, m.params), fontsize=8)
+        same = next((s for s in spots if s[0].params == m.params and 0.67 < s[0].latency_ms / m.latency_ms < 1.5), None)
+        if same is None:
+            spots.append((m, [m.label]))
+        else:
+            same[1].append(m.label)
+    faster = speedups(models)
+    for m, labels in spots:
+        text = "\n".join(labels)
+        if m.key in faster and m.key != "teacher":
+            text += f"\n({faster[m.key]:.1f}× faster than the teacher)"
+        right = m.latency_ms >= max(x.latency_ms for x in models)
+        ax2.annotate(text, (m.latency_ms, m.params), xytext=(-8 if right else 8, 0), textcoords="offset points",
+                     ha="right" if right else "left", va="center", fontsize=8)
+    ax2.margins(x=0.3, y=0.3)
     ax2.set_xscale("log")
     ax2.set_yscale("log")
     ax2.set_xlabel("latency, batch 1 (ms)")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from kdiqa.config import Recipe
+from kdiqa.config.loader import resolve_packaged_path
 from kdiqa.config.schema import DataConfig, FitConfig
 from kdiqa.data.datamodule import IQADataModule
 from kdiqa.errors import ConfigError
@@ -37,7 +38,7 @@ def data_for(data: DataConfig, fit: FitConfig) -> DataConfig:
 def trained_teacher_path(recipe: Recipe, run_dir: Path) -> Path:
     """Where the teacher comes from: ``teacher.checkpoint`` if given, else this run's fitted one."""
     if recipe.teacher.checkpoint:
-        return Path(recipe.teacher.checkpoint)
+        return resolve_packaged_path(recipe.teacher.checkpoint)
     return run_dir / TEACHER_DIR
 
 
@@ -61,13 +62,20 @@ def stage_fit_teacher(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
 
 
 def stage_eval(recipe: Recipe, run_dir: Path, checkpoint: str | Path | None = None) -> dict[str, Any]:
-    """Evaluate a saved model folder (teacher or student) on every split the recipe has."""
+    """Evaluate a saved model folder (teacher or student).
+
+    Without ``checkpoint``: the run's teacher (fitted here, or given by ``teacher.checkpoint`` as a
+    shipped or released one), recorded as ``teacher`` in metrics.json with its predictions, which is
+    what the report shows. With one: every split, recorded as ``eval:<folder name>``.
+    """
     from kdiqa.distill.stages import load_model
-    from kdiqa.evaluate import evaluate_splits
+    from kdiqa.evaluate import evaluate_splits, record_evaluation
 
     path = Path(checkpoint) if checkpoint else trained_teacher_path(recipe, run_dir)
     model = load_model(path)
     dm = IQADataModule(recipe.data, recipe.views)
+    if checkpoint is None:
+        return record_evaluation(model, dm, run_dir, "teacher", str(path))
     results = evaluate_splits(model, dm, ("train", "val", "test"))
     summary = {split: r["metrics"] for split, r in results.items()}
     update_metrics(run_dir, f"eval:{path.name}", summary)

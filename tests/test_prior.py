@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from kdiqa.config import load_recipe
+from kdiqa.config.loader import INSTALL_ROOT
 from kdiqa.errors import CheckpointError
 from teachers.dpiqa import DPIQATeacher, get_preset
-from teachers.dpiqa.loading import INSTALL_ROOT
 from teachers.dpiqa.prior import pretrain_prior, save_prior
 
 PACKAGED = "teachers/dpiqa/weights/tiny-mini"

@@ -30,6 +30,19 @@ INSTALL_ROOT = Path(__file__).resolve().parents[2]
 RECIPES_DIR = INSTALL_ROOT / "recipes"
 
 
+def resolve_packaged_path(path: str | Path) -> Path:
+    """``path`` as given if it exists (or is absolute), else inside the installation if it exists there.
+
+    Why: recipes name shipped weights (``teachers/dpiqa/weights/...``) relative to the repository, and
+    must find them from any working directory and from a non-editable install.
+    """
+    path = Path(path).expanduser()
+    if path.exists() or path.is_absolute():
+        return path
+    packaged = INSTALL_ROOT / path
+    return packaged if packaged.exists() else path
+
+
 def find_recipe(name: str | Path, relative_to: Path | None = None) -> Path:
     """A recipe path as given, relative to an including recipe, or a name under ``recipes/``."""
     name = Path(name)

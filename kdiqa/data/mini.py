@@ -319,8 +319,31 @@ def pseudo_mos(reference: np.ndarray, distorted: np.ndarray) -> np.ndarray:
 # The folder
 
 
-def _params(size: int, n_train: int, n_val: int, n_test: int, seed: int) -> dict[str, Any]:
-    return {"version": VERSION, "size": size, "n_train": n_train, "n_val": n_val, "n_test": n_test, "seed": seed}
+def _params(size: int, n_train: int, n_val: int, n_test: int, seed: int, held_out: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    params: dict[str, Any] = {"version": VERSION, "size": size, "n_train": n_train, "n_val": n_val, "n_test": n_test, "seed": seed}
+    if held_out is not None:  # only when given, so folders made before this option still match
+        params["held_out"] = held_out
+    return params
+
+
+def held_out_split(names: Sequence[str], held_out: dict[str, Sequence[str]]) -> dict[str, list[str]]:
+    """An explicit split: ``held_out`` names the val and test photographs, every other one trains.
+
+    Why: photograph folds. A teacher fitted on one split's training photographs may be compared across
+    several val/test assignments of the photographs it never saw (``benchmarks/kd_gain.py --folds``).
+    """
+    if set(held_out) != {"val", "test"}:
+        raise DataError(f"mini dataset: held_out needs exactly the keys val and test, got {sorted(held_out)}")
+    val, test = list(held_out["val"]), list(held_out["test"])
+    unknown = sorted(set(val + test) - set(names))
+    if unknown:
+        raise DataError(f"mini dataset: held_out names unknown photographs {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+    if not val or not test or set(val) & set(test):
+        raise DataError("mini dataset: held_out.val and held_out.test must be non-empty and share no photograph")
+    train = sorted(set(names) - set(val) - set(test))
+    if not train:
+        raise DataError("mini dataset: held_out leaves no training photograph")
+    return {"train": train, "val": sorted(val), "test": sorted(test)}
 
 
 def _is_complete(root: Path, params: dict[str, Any]) -> bool:
@@ -420,12 +443,14 @@ def make_mini(
     n_val: int = 600,
     n_test: int = 600,
     seed: int = 0,
+    held_out: dict[str, Sequence[str]] | None = None,
     workers: int = 0,
     progress: bool = True,
 ) -> Path:
     """Build (or reuse) the mini dataset in ``root``; returns the path of its ``labels.csv``.
 
     ``workers`` > 0 builds in that many processes; the result is byte-identical whatever the number.
+    ``held_out`` ({"val": [...], "test": [...]}) replaces the seeded split by photograph with an explicit one.
     """
     root = Path(root)
     if size < 24:
@@ -435,14 +460,15 @@ def make_mini(
             raise DataError(f"mini dataset: {key} must be >= 0, got {n}")
     if not isinstance(seed, int) or seed < 0:
         raise DataError(f"mini dataset: seed must be a non-negative integer, got {seed!r}")
-    params = _params(size, n_train, n_val, n_test, seed)
+    held = None if held_out is None else {k: sorted(held_out[k]) for k in held_out}
+    params = _params(size, n_train, n_val, n_test, seed, held)
     if _is_complete(root, params):
         return root / "labels.csv"
     if root.exists() and (not root.is_dir() or not _is_ours(root)):
         raise DataError(f"{root}: exists and is not a mini dataset folder made by kdiqa; refusing to overwrite it")
 
     photos = load_photographs()
-    splits = split_photographs(list(photos), seed)
+    splits = split_photographs(list(photos), seed) if held is None else held_out_split(list(photos), held)
     counts = {"train": n_train, "val": n_val, "test": n_test}
 
     root.parent.mkdir(parents=True, exist_ok=True)
@@ -541,9 +567,10 @@ def mini(
     n_val: int = 600,
     n_test: int = 600,
     seed: int = 0,
+    held_out: dict[str, list[str]] | None = None,
 ) -> LoadedDataset:
     """The embedded default dataset, built in ``root`` on first use and read through the ``csv`` loader."""
-    make_mini(root, size=size, n_train=n_train, n_val=n_val, n_test=n_test, seed=seed)
+    make_mini(root, size=size, n_train=n_train, n_val=n_val, n_test=n_test, seed=seed, held_out=held_out)
     loaded = DATASETS.get("csv")(root, file="labels.csv", mos_range=[0, 1], on_bad_row=on_bad_row)
     loaded.name = "mini"
     loaded.has_official_split = True

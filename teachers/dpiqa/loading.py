@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kdiqa.config.loader import INSTALL_ROOT
+from kdiqa.config.loader import resolve_packaged_path
 from kdiqa.errors import CheckpointError
 from teachers.dpiqa.presets import SD_DOWNLOAD_HINT, packaged_config_dir
 
@@ -75,7 +75,7 @@ def load_stable_diffusion(path: str | Path, config_dir: str | Path | None = None
     ``unet/config.json`` and ``vae/config.json``, for checkpoints of another architecture. ``family``
     only chooses what the missing-path message asks the user to download.
     """
-    path = resolve_checkpoint_path(path)
+    path = resolve_packaged_path(path)
     if not path.exists():
         raise missing_checkpoint_error(path, family)
     with hub_offline():
@@ -87,15 +87,6 @@ def load_stable_diffusion(path: str | Path, config_dir: str | Path | None = None
         f"{path}: not a Stable Diffusion checkpoint (expected a diffusers folder with unet/ and vae/, "
         f"or a {'/'.join(SINGLE_FILE_SUFFIXES)} file); set {SD_CHECKPOINT_KEY}"
     )
-
-
-def resolve_checkpoint_path(path: str | Path) -> Path:
-    """``path`` as given if it exists (or is absolute), else relative to :data:`INSTALL_ROOT` if it exists there."""
-    path = Path(path).expanduser()
-    if path.exists() or path.is_absolute():
-        return path
-    packaged = INSTALL_ROOT / path
-    return packaged if packaged.exists() else path
 
 
 def _first_line(exc: BaseException) -> str:

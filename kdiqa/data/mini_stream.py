@@ -59,19 +59,20 @@ def augmented_reference(photo: Image.Image, size: int, rng: np.random.Generator)
 
 def augmented_sample(
     photos: dict[str, Image.Image], names: Sequence[str], size: int, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray]:
-    """(reference, distorted) for one stream sample; flat references are redrawn."""
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """(reference, distorted, photograph) for one stream sample; flat references are redrawn."""
     for _ in range(len(names) * MAX_CROP_TRIES):
-        ref = augmented_reference(photos[names[int(rng.integers(len(names)))]], size, rng)
+        name = names[int(rng.integers(len(names)))]
+        ref = augmented_reference(photos[name], size, rng)
         if not is_flat(ref):
             break
     else:
         raise DataError(f"mini stream: no textured {size}px crop found in photographs {', '.join(names)}")
     if rng.random() < CLEAN_FRACTION:
-        return ref, ref
+        return ref, ref, name
     kinds = list(DISTORTIONS) if _has_colour(ref) else [k for k in DISTORTIONS if k != "saturation"]
     kind = kinds[int(rng.integers(len(kinds)))]
-    return ref, apply_distortion(ref, kind, float(rng.random()), rng)
+    return ref, apply_distortion(ref, kind, float(rng.random()), rng), name
 
 
 class LabelledCropStream(IterableDataset):
@@ -93,7 +94,7 @@ class LabelledCropStream(IterableDataset):
             for _ in range(LABEL_BATCH):
                 rng = np.random.default_rng([self.seed, STREAM_BASE + worker, index])
                 index += 1
-                ref, dist = augmented_sample(photos, self.photographs, self.size, rng)
+                ref, dist, _ = augmented_sample(photos, self.photographs, self.size, rng)
                 refs.append(ref)
                 dists.append(dist)
             labels = pseudo_mos(np.stack(refs), np.stack(dists))

@@ -13,9 +13,11 @@ The quickstart's one run is noisy (its test split is three photographs), so this
 Every run is the quickstart recipe's own stages (eval of the teacher, cache, distill, baseline) in a
 fresh run folder under ``--out``, with the same budget; the label-only student does not depend on
 the pool, so it is trained once per (fold, seed). Prints per-run lines, then median and range tables;
-writes ``summary.json`` and ``summary.md``. Example (about an hour on 2 CPU cores):
+writes ``summary.json`` and ``summary.md``. Each finished run leaves ``kd_gain_row.json`` in its folder, so an
+interrupted benchmark resumes where it stopped, and disjoint parts can run as separate processes (one per
+core) before a last invocation with every argument gathers them. Example (about an hour on 2 CPU cores):
 
-    .venv/bin/python benchmarks/kd_gain.py --seeds 0 1 2 3 4 --folds 0 1 2 3 4 --pools 0 1 5 8 20
+    .venv/bin/python benchmarks/kd_gain.py --seeds 0 1 2 3 4 --folds 0 1 2 3 4 --pools 0 1 5 20 --pool-folds 0
 """
 from __future__ import annotations
 
@@ -61,7 +63,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="seeds, on fold 0 at the recipe's pool")
     parser.add_argument("--folds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="photograph folds, seed 0")
     parser.add_argument("--pools", type=float, nargs="+", default=[0, 1, 5, 20],
-                        help="pool sizes as multiples of the labelled set, on every fold with seed 0")
+                        help="pool sizes as multiples of the labelled set, seed 0, on --pool-folds")
+    parser.add_argument("--pool-folds", type=int, nargs="+", default=[0], help="the folds of the pool-size curve")
     parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. distill.fit.trainer.max_steps=300")
     args = parser.parse_args()
 
@@ -74,7 +77,7 @@ def main() -> None:
     # (fold, seed, pool multiple) runs: seeds on fold 0 at the recipe's pool, pool sizes on every fold at seed 0
     plan = sorted({(0, s, default_multiple) for s in args.seeds}
                   | {(f, 0, default_multiple) for f in args.folds}
-                  | {(f, 0, float(p)) for f in args.folds for p in args.pools})
+                  | {(f, 0, float(p)) for f in args.pool_folds for p in args.pools})
     baselines: dict[tuple[int, int], dict[str, Any]] = {}
     teachers: dict[int, dict[str, Any]] = {}
     rows = []
@@ -85,6 +88,14 @@ def main() -> None:
                      f"data.root={out / 'data' / f'fold{fold}'}",
                      f"data.options.held_out={json.dumps(folds[fold])}",
                      f"data.unlabelled.mini={pool}"]
+        done = out / tag / "kd_gain_row.json"
+        if done.is_file():  # finished by an earlier invocation: the benchmark resumes where it stopped
+            row = json.loads(done.read_text())
+            teachers.setdefault(fold, row["teacher"])
+            baselines.setdefault((fold, seed), row["label_only"])
+            rows.append(row)
+            print(f"{tag}: done earlier", flush=True)
+            continue
         recipe = load_recipe(args.recipe, overrides)
         run_dir = prepare_run(recipe)
         started = time.perf_counter()
@@ -98,6 +109,7 @@ def main() -> None:
         row = {"fold": fold, "seed": seed, "pool": pool, "pool_multiple": multiple, "photographs": folds[fold],
                "teacher": teachers[fold], "kd": kd, "label_only": base_test, "seconds": time.perf_counter() - started}
         rows.append(row)
+        done.write_text(json.dumps(row, indent=2, default=float) + "\n")
         print(f"{tag}: teacher {teachers[fold]['srcc']:.4f}  KD {kd['srcc']:.4f}  label-only {base_test['srcc']:.4f}  "
               f"KD − label-only {kd['srcc'] - base_test['srcc']:+.4f}  ({row['seconds']:.0f} s)", flush=True)
 
@@ -122,7 +134,7 @@ def _tables(rows: list[dict[str, Any]], default_multiple: float) -> list[str]:
         lines.append(f"| {name} | {len(group)} | {_median_range([r['teacher']['srcc'] for r in group])} | "
                      f"{_median_range([r['kd']['srcc'] for r in group])} | {_median_range([r['label_only']['srcc'] for r in group])} | "
                      f"{_median_range(gains)} | {sum(g > 0 for g in gains)} of {len(gains)} |")
-    lines += ["", "Pool size (seed 0, median over folds):", "",
+    lines += ["", "Pool size (seed 0; median over the pool folds):", "",
               "| pool (× labelled) | pool images | folds | KD student | KD − label-only |", "|---|---|---|---|---|"]
     for multiple in sorted({r["pool_multiple"] for r in rows}):
         group = [r for r in rows if r["seed"] == 0 and r["pool_multiple"] == multiple]

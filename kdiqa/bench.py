@@ -281,7 +281,8 @@ def bench_teacher(spec: str, recipe: Recipe, run_dir: Path) -> tuple[nn.Module, 
 
     teacher = load_teacher(_require_model(path, "kdiqa fit-teacher"))
     name = f"teacher {teacher.name} ({'trained' if spec == 'trained' else path.name})"
-    return teacher.eval(), name, str(teacher.name), metrics, f"loaded from {path}"
+    note = "; ".join(n for n in (f"loaded from {path}", getattr(teacher, "bench_note", "")) if n)  # e.g. onnx: not counted
+    return teacher.eval(), name, str(teacher.name), metrics, note
 
 
 def _test_metrics(path: Path, key: str) -> dict[str, float]:
@@ -309,6 +310,7 @@ def distill_student(recipe: Recipe, run_dir: Path, backbone: str) -> tuple[nn.Mo
     from kdiqa import load_student
     from kdiqa.distill.stages import KD, STUDENTS_DIR, cache_path, stage_distill
     from kdiqa.run import prepare_run
+    from kdiqa.stages import trained_teacher_path
 
     sub = copy.deepcopy(recipe)
     options = _student_options(recipe, backbone)
@@ -318,6 +320,8 @@ def distill_student(recipe: Recipe, run_dir: Path, backbone: str) -> tuple[nn.Mo
     if registered_student(backbone):
         sub.student.name, sub.student.options = backbone, {}
     sub.cache.path = str(cache_path(recipe, run_dir).resolve())
+    # the teacher the cache is checked against is the recipe's, not one in the student's own folder
+    sub.teacher.checkpoint = str(trained_teacher_path(recipe, run_dir).resolve())
     sub.distill.source = "cache"
     sub.out = str(run_dir / "bench" / backbone)
     sub_dir = prepare_run(sub)

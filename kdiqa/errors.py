@@ -24,3 +24,10 @@ class RegistryError(KdiqaError):
 
 class CheckpointError(KdiqaError):
     """A checkpoint or weights file is missing, corrupt or does not match the model."""
+
+
+class OutputError(KdiqaError):
+    """A file could not be written: a full disk, a read-only or missing folder, no permission.
+
+    The message names the path and what was being written; nothing incomplete is left at that path.
+    """

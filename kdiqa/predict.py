@@ -92,7 +92,7 @@ def _write(rows: list[dict[str, Any]], out: str | Path | None) -> None:
     if out is not None and str(out).endswith(".json"):
         from kdiqa.io import write_json
 
-        write_json(out, rows)
+        write_json(out, rows, what="the predictions")
         return
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=["path", "score", "error"])
@@ -103,5 +103,5 @@ def _write(rows: list[dict[str, Any]], out: str | Path | None) -> None:
     else:
         from kdiqa.io import atomic_path
 
-        with atomic_path(out) as tmp:
+        with atomic_path(out, "the predictions") as tmp:
             tmp.write_text(buffer.getvalue())

@@ -8,7 +8,7 @@ from typing import Any
 import pytorch_lightning as pl
 
 from kdiqa.config import Recipe, save_recipe
-from kdiqa.io import write_json
+from kdiqa.io import write_error, write_json
 
 METRICS_FILE = "metrics.json"
 
@@ -27,7 +27,10 @@ def seed_stage(recipe: Recipe) -> None:
 def prepare_run(recipe: Recipe) -> Path:
     """Create the run folder, save the resolved recipe into it and seed every RNG."""
     run_dir = Path(recipe.out)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise write_error(run_dir, "the run folder", exc) from None
     save_recipe(recipe, run_dir / "recipe.yaml")
     seed_stage(recipe)
     if recipe.threads is not None:
@@ -42,5 +45,5 @@ def update_metrics(run_dir: Path, key: str, value: Any) -> dict[str, Any]:
     path = run_dir / METRICS_FILE
     metrics = json.loads(path.read_text()) if path.is_file() else {}
     metrics[key] = value
-    write_json(path, metrics)
+    write_json(path, metrics, what="the run's metrics")
     return metrics

@@ -53,6 +53,9 @@ def stage_fit_teacher(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
     dm = IQADataModule(data_for(recipe.data, recipe.teacher.fit), recipe.views)
     dm.setup()
     teacher: Teacher = TEACHERS.build(recipe.teacher.name, **recipe.teacher.options)
+    if not getattr(teacher, "needs_fitting", True):  # trained elsewhere (pyiqa, onnx): saved as built
+        save_teacher(teacher, run_dir / TEACHER_DIR)
+        return {"saved": str(run_dir / TEACHER_DIR), "fitted": False}
     teacher.prepare(dm.train_dataloader())
     module = MOSFitModule(teacher, recipe.teacher.fit)
     trainer_cfg = merge_trainer(recipe.trainer, recipe.teacher.fit.trainer, "teacher.fit.trainer")

@@ -34,6 +34,9 @@ class Teacher(nn.Module):
     """
 
     name: str = ""
+    # False for a teacher trained elsewhere (a pyiqa metric, an ONNX model): ``fit_teacher`` saves it as
+    # built, for the stages after it, instead of fitting it to the MOS
+    needs_fitting: bool = True
 
     def __init__(self, **config: Any):
         super().__init__()
@@ -74,9 +77,10 @@ def save_teacher(teacher: Teacher, folder: str | Path) -> Path:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_weights(folder / TEACHER_WEIGHTS, teacher.state_dict())
+    save_weights(folder / TEACHER_WEIGHTS, teacher.state_dict(), what="the teacher's weights")
     # config last: a folder with a config always has its weights
-    write_json(folder / TEACHER_CONFIG, {"teacher": teacher.name, "config": teacher.config, "kdiqa_version": __version__})
+    write_json(folder / TEACHER_CONFIG, {"teacher": teacher.name, "config": teacher.config, "kdiqa_version": __version__},
+               what="the teacher's config")
     return folder
 
 

@@ -7,10 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import ModelCheckpoint
-from pytorch_lightning.loggers import CSVLogger, Logger, TensorBoardLogger
+from pytorch_lightning.loggers import Logger, TensorBoardLogger
 
+from kdiqa.checkpoints import AtomicCheckpointIO, HistoryCSVLogger, LatestCheckpoint, RunState, load_state
 from kdiqa.config.schema import TrainerConfig
+from kdiqa.console import PlainProgress, use_plain_progress
 from kdiqa.errors import CheckpointError, ConfigError
 
 
@@ -53,7 +56,7 @@ def check_val_interval(cfg: TrainerConfig, train_batches: int, at: str) -> None:
 def make_loggers(cfg: TrainerConfig, run_dir: Path, name: str) -> list[Logger]:
     if cfg.logger == "none":
         return []
-    loggers: list[Logger] = [CSVLogger(str(run_dir), name="logs", version=name)]
+    loggers: list[Logger] = [HistoryCSVLogger(str(run_dir), name="logs", version=name)]
     if cfg.logger == "tensorboard":
         try:
             import tensorboard  # noqa: F401
@@ -76,7 +79,9 @@ def make_trainer(cfg: TrainerConfig, run_dir: Path, name: str, monitor: str) -> 
     """A Trainer that keeps the best checkpoint by ``monitor`` on the validation split, plus the latest.
 
     The latest is its own callback: Lightning's ``save_last`` only writes when the monitored
-    checkpoint improved, which would leave a resumed run restarting from a stale epoch.
+    checkpoint improved, which would leave a resumed run restarting from a stale epoch. Checkpoints
+    are written atomically and carry the random state and the metrics history, so a resumed run
+    continues exactly as the uninterrupted one would have (:mod:`kdiqa.checkpoints`).
     """
     mode = "min" if monitor.endswith("loss") else "max"
     folder = str(run_dir / "checkpoints" / name)
@@ -87,8 +92,13 @@ def make_trainer(cfg: TrainerConfig, run_dir: Path, name: str, monitor: str) -> 
         mode=mode,
         save_top_k=1,
         auto_insert_metric_name=False,
+        enable_version_counter=False,  # a rerun rewrites its epoch's file, instead of leaving a stray -v1 beside it
     )
-    latest = ModelCheckpoint(dirpath=folder, filename=LATEST.removesuffix(".ckpt"), monitor=None, save_top_k=1)
+    loggers = make_loggers(cfg, run_dir, name)
+    latest = LatestCheckpoint(Path(folder) / LATEST)
+    callbacks: list[pl.Callback] = [checkpoint, latest, RunState(loggers)]
+    if cfg.progress_bar and use_plain_progress():
+        callbacks.append(PlainProgress(name))
     trainer = pl.Trainer(
         default_root_dir=str(run_dir),
         max_epochs=cfg.max_epochs,
@@ -104,8 +114,9 @@ def make_trainer(cfg: TrainerConfig, run_dir: Path, name: str, monitor: str) -> 
         gradient_clip_val=cfg.gradient_clip_val,
         limit_train_batches=cfg.limit_train_batches,
         limit_val_batches=cfg.limit_val_batches,
-        logger=make_loggers(cfg, run_dir, name) or False,
-        callbacks=[checkpoint, latest],
+        logger=loggers or False,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
         enable_progress_bar=cfg.progress_bar,
         enable_model_summary=False,
         deterministic=cfg.deterministic,
@@ -133,16 +144,27 @@ def fit_validation_best(module: pl.LightningModule, dm: pl.LightningDataModule, 
     One place for what every fitting stage (teacher, KD student, label-only student) does around
     ``trainer.fit``.
     """
-    import torch
-
-    trainer, checkpoint = make_trainer(cfg, run_dir, name, monitor)
+    try:
+        trainer, checkpoint = make_trainer(cfg, run_dir, name, monitor)
+    except MisconfigurationException as exc:  # e.g. a precision this machine cannot run
+        raise ConfigError(f"{at}: {_first_line(exc)}") from None
     dm.trainer = trainer  # Lightning attaches it in fit; here first, so the count below is per process
     check_val_interval(cfg, len(dm.train_dataloader()), at)
     resume = latest_checkpoint(run_dir, name)
-    trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    except MisconfigurationException as exc:
+        # typically a checkpoint of an earlier run of this stage that the recipe no longer fits
+        hint = (f"; it was resuming {resume}, from an earlier run of this stage with other settings: "
+                "delete that file to train this stage from the start") if resume else ""
+        raise ConfigError(f"{at}: {_first_line(exc).rstrip('.')}{hint}") from None
     exit_unless_rank_zero(trainer)
     best = checkpoint.best_model_path
     if not best:
         raise CheckpointError(f"{checkpoint.dirpath}: no validation checkpoint was saved (is the val split empty?)")
-    module.load_state_dict(torch.load(best, map_location="cpu", weights_only=True)["state_dict"])
+    module.load_state_dict(load_state(best)["state_dict"])
     return best
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

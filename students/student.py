@@ -151,8 +151,9 @@ def save_student(student: Student, folder: str | Path) -> Path:
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    save_weights(folder / STUDENT_WEIGHTS, student.state_dict())
-    write_json(folder / STUDENT_CONFIG, {"student": student.name, "config": student.config, "kdiqa_version": __version__})
+    save_weights(folder / STUDENT_WEIGHTS, student.state_dict(), what="the student's weights")
+    write_json(folder / STUDENT_CONFIG, {"student": student.name, "config": student.config, "kdiqa_version": __version__},
+               what="the student's config")
     return folder
 
 

@@ -106,3 +106,58 @@ def test_recipe_not_a_mapping(tmp_path):
     p = write(tmp_path / "r.yaml", "- just\n- a list\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_recipe(p)
+
+
+# ----------------------------------------------------------------------------- issue 14
+def test_a_key_can_be_removed_as_hydra_users_expect(recipes):
+    write(recipes / "data.yaml", """
+        base: [base.yaml]
+        data: {options: {n_train: 800, crop: 64}}
+    """)
+    assert load_recipe(recipes / "data.yaml").data.options == {"n_train": 800, "crop": 64}
+    # merging {} keeps what a base set; removing the key first replaces it
+    assert load_recipe(recipes / "data.yaml", ["data.options={}"]).data.options == {"n_train": 800, "crop": 64}
+    assert load_recipe(recipes / "data.yaml", ["~data.options.n_train"]).data.options == {"crop": 64}
+    assert load_recipe(recipes / "data.yaml", ["~data.options", "data.options={file: x.csv}"]).data.options == {"file": "x.csv"}
+    assert load_recipe(recipes / "data.yaml", ["~data.options.n_train=800"]).data.options == {"crop": 64}
+    # a schema key goes back to its default
+    assert load_recipe(recipes / "data.yaml", ["~trainer.max_epochs"]).trainer.max_epochs == 30
+    with pytest.raises(ConfigError, match=r"'data.options.n_train' is 800, not '5'; nothing removed"):
+        load_recipe(recipes / "data.yaml", ["~data.options.n_train=5"])
+    with pytest.raises(ConfigError, match=r"override '~data.options.nope': there is no key 'data.options.nope' to remove"):
+        load_recipe(recipes / "data.yaml", ["~data.options.nope"])
+
+
+def test_an_unfilled_required_value_fails_at_load_naming_the_key(tmp_path):
+    """`???` on a key with a default (teacher.checkpoint: None) used to load as that default."""
+    write(tmp_path / "r.yaml", """
+        data: {name: csv, root: /data}
+        teacher:
+          checkpoint: ???
+    """)
+    with pytest.raises(ConfigError, match=r"r.yaml: missing required value 'teacher.checkpoint' \(give it on the command line"):
+        load_recipe(tmp_path / "r.yaml")
+    assert load_recipe(tmp_path / "r.yaml", ["teacher.checkpoint=/models/t"]).teacher.checkpoint == "/models/t"
+    # a command that only reads the data does not need it
+    assert load_recipe(tmp_path / "r.yaml", needs=("data", "views")).teacher.checkpoint is None
+    # looking for ??? resolves nothing: an interpolation of a schema default still works
+    write(tmp_path / "i.yaml", "name: run-${views.size}\ndata: {name: csv}\n")
+    assert load_recipe(tmp_path / "i.yaml").name == "run-64"
+    # the released recipes ask for both of theirs
+    with pytest.raises(ConfigError, match="missing required value 'data.root'"):
+        load_recipe("dpiqa/released_koniq10k", ["teacher.checkpoint=/m"])
+    with pytest.raises(ConfigError, match="missing required value 'teacher.checkpoint'"):
+        load_recipe("dpiqa/released_koniq10k", ["data.root=/d"])
+
+
+@pytest.mark.parametrize("override", ["trainer.precision=99", "teacher.fit.trainer={precision: 99}", "distill.fit.trainer={precision: fp8}"])
+def test_precision_is_checked_at_load(recipes, override):
+    with pytest.raises(ConfigError, match=r"trainer.precision: '(99|fp8)' is not one of '32-true', '16-mixed'"):
+        load_recipe(recipes / "child.yaml", [override])
+    for ok in ("trainer.precision=16", "trainer.precision=bf16-mixed", "distill.fit.trainer={precision: 32}"):
+        load_recipe(recipes / "child.yaml", [ok])
+
+
+def test_a_stage_trainer_key_is_checked_at_load(recipes):
+    with pytest.raises(ConfigError, match=r"unknown key 'distill.fit.trainer.max_epoch'; did you mean 'distill.fit.trainer.max_epochs'"):
+        load_recipe(recipes / "child.yaml", ["distill.fit.trainer={max_epoch: 2}"])

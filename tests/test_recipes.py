@@ -9,7 +9,8 @@ from kdiqa.errors import ConfigError
 from kdiqa.stages import check_stages
 
 PATHS = ["data.root=/data/x", "teacher.options.sd_checkpoint=/models/sd15", "teacher.checkpoint=/runs/teacher",
-         "teacher.options.theme_weights=/models/places365.pth"]
+         "teacher.options.theme_weights=/models/places365.pth", "teacher.options.weights=/models/metric.pth",
+         "teacher.options.path=/models/teacher.onnx"]
 RECIPES = sorted(p for p in RECIPES_DIR.rglob("*.yaml"))
 
 

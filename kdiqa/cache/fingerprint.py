@@ -56,6 +56,39 @@ def teacher_fingerprint(teacher: nn.Module) -> str:
     return h.hexdigest()
 
 
+def saved_teacher_fingerprint(config: Mapping[str, Any], weights: str | os.PathLike) -> str:
+    """:func:`teacher_fingerprint` of a saved teacher, read from its files without building it.
+
+    ``config``: its ``config.json`` (``{"teacher": name, "config": {...}}``); ``weights``: its
+    ``model.safetensors``, which holds exactly the state dict (``save_teacher``), so the digest is the
+    one the built teacher gives. Why: a stage that only reads a cache must check it without loading a
+    teacher of a billion parameters, or one registered by a plugin it does not import.
+    """
+    import json
+
+    from kdiqa.io import _SAFETENSORS_DTYPES
+
+    h = _digest()
+    h.update(dumps(_jsonable({"name": config["teacher"], "config": config.get("config", {})})).encode())
+    with open(weights, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        start = 8 + size
+        for key in sorted(k for k in header if k != "__metadata__"):
+            info = header[key]
+            h.update(f"{key}|{_SAFETENSORS_DTYPES[info['dtype']]}|{tuple(info['shape'])}".encode())
+            begin, end = info["data_offsets"]
+            f.seek(start + begin)
+            left = end - begin
+            while left:  # in pieces: a large teacher is never held in memory
+                piece = f.read(min(left, 64 << 20))
+                if not piece:
+                    raise EOFError(f"{weights}: the file ends inside {key!r}")
+                h.update(piece)
+                left -= len(piece)
+    return h.hexdigest()
+
+
 def dataset_fingerprint(samples: Sequence[IQASample]) -> str:
     """Digest of the ordered file list and labels (MOS and score distribution).
 

@@ -12,7 +12,7 @@ view parameters, scores) are read once into memory; feature maps are read one ro
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,9 @@ class CachedViews(Dataset):
     """Cached views as a torch Dataset.
 
     ``samples`` must be the list the cache was built from (checked by the dataset fingerprint);
-    ``expected_fingerprints`` adds checks (e.g. the recipe's teacher and views fingerprints).
+    ``expected_fingerprints`` adds checks (e.g. the recipe's teacher and views fingerprints), as a
+    mapping or as a function of the cache's stored ``meta`` (for digests that depend on how the cache
+    was written, such as the view seed).
     ``split`` keeps the images of one split; ``view_ids`` keeps some views (e.g. ``[1, 2, 3]`` to leave
     out the evaluation view 0); ``views="all"`` makes one item per view (an epoch sees all K views of
     each image), ``views="random"`` one item per image with one of its views drawn at random on every
@@ -59,7 +61,7 @@ class CachedViews(Dataset):
         path: str | os.PathLike,
         samples: Sequence[IQASample],
         sampler: ViewSampler,
-        expected_fingerprints: Mapping[str, str] | None = None,
+        expected_fingerprints: Mapping[str, str] | Callable[[dict[str, Any]], Mapping[str, str]] | None = None,
         *,
         split: str | None = None,
         views: str = "all",
@@ -83,6 +85,8 @@ class CachedViews(Dataset):
         self.fingerprints: dict[str, str] = header["fingerprints"]
         where = str(self.path)
         check_fingerprints(where, self.fingerprints, {"dataset": dataset_fingerprint(self.samples)}, MISMATCH_HINT)
+        if callable(expected_fingerprints):
+            expected_fingerprints = expected_fingerprints(self.meta)
         check_fingerprints(where, self.fingerprints, expected_fingerprints, MISMATCH_HINT)
 
         targets: dict[str, Any] = self.meta["targets"]

@@ -19,6 +19,7 @@ from kdiqa import __version__
 from kdiqa.cache import layout as L
 from kdiqa.cache.errors import CacheError
 from kdiqa.cache.fingerprint import check_fingerprints
+from kdiqa.cache.handles import hdf5_file
 from kdiqa.cache.status import find_shards, incomplete_message, open_readonly, read_header, require_complete
 from kdiqa.io import atomic_path
 
@@ -74,8 +75,8 @@ def merge_shards(
     meta = dict(headers[0]["meta"])
     meta.update(rows=[0, total], shard=[0, 1], merged_from=[files[i].name for i in range(count)],
                 compression=",".join(sorted({h["meta"].get("compression", "none") for h in headers})))
-    with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as out:
+    with atomic_path(path, "the merged teacher cache") as tmp:
+        with hdf5_file(tmp, "w") as out:
             for key, value in attrs.items():
                 out.attrs[key] = value
             out.attrs[L.ATTR_VERSION] = __version__

@@ -14,6 +14,10 @@ Completion is a rename: the partial file is marked complete and renamed to the c
 at the cache path is always finished. Compression cannot be applied in place (compressed chunks change
 size), so a compressed cache is written uncompressed and copied into its compressed form once, at the
 end, again under a temporary name.
+
+A failing disk (full, read-only) is a one-line error, never a crash: files are written with HDF5's
+buffers off and closed so that a failed flush cannot bring the process down (:mod:`kdiqa.cache.handles`);
+the partial file stays resumable, and what a killed run left beside a cache is removed by the next.
 """
 from __future__ import annotations
 
@@ -36,13 +40,14 @@ from torch.utils.data import DataLoader, Dataset
 from kdiqa.cache import layout as L
 from kdiqa.cache.errors import CacheError
 from kdiqa.cache.fingerprint import check_fingerprints, compute_fingerprints
+from kdiqa.cache.handles import close_quietly, hdf5_file, open_unbuffered
 from kdiqa.cache.plan import CachePlan, draw_view
 from kdiqa.cache.status import check_merged_sources, open_readonly, read_header
 from kdiqa.data.images import load_image
 from kdiqa.data.sample import IQASample
 from kdiqa.data.views import ViewSampler
 from kdiqa.errors import ConfigError, DataError, KdiqaError
-from kdiqa.io import atomic_path
+from kdiqa.io import atomic_path, os_reason, remove_stale_temporaries
 
 DTYPES = ("float16", "float32")
 COMPRESSIONS = ("none", "lzf", "gzip")
@@ -51,7 +56,7 @@ _REPACK_BYTES = 64 << 20  # rows copied at a time when compressing, so memory st
 _PROGRESS_SECONDS = 2.0
 
 FORCE_HINT = "pass --force (force=True) to rebuild it"
-STALE_SECONDS = 120.0  # temporary files of killed runs older than this are removed by the next run
+WHAT = "the teacher cache"
 
 
 def build_cache(
@@ -92,7 +97,7 @@ def build_cache(
     _check_choice("cache.dtype", dtype, DTYPES)
     _check_choice("cache.compression", compression, COMPRESSIONS)
     features = None if features is None else list(features)
-    pool = {str(k): _pool_size(k, v) for k, v in (pool or {}).items()}
+    pool = {str(k): pool_size(k, v) for k, v in (pool or {}).items()}
     if features is not None:
         stray = [k for k in pool if k not in features]
         if stray:
@@ -118,7 +123,8 @@ def build_cache(
             if stale.exists():
                 stale.unlink()
     say = _Printer(progress)
-    _remove_stale_temporaries(target, partial)
+    for stale in (target, partial):
+        remove_stale_temporaries(stale)
 
     if target.exists():
         stored = _read_root(target)
@@ -126,6 +132,7 @@ def build_cache(
         if not stored["complete"]:
             raise CacheError(f"{target}: exists but is not marked complete (not written by kdiqa?); {FORCE_HINT}")
         check_merged_sources(target, stored)
+        _remove_leftover_partial(partial)
         say(f"cache: {target} is complete ({stored['rows']} views); nothing to do")
         summary = _summary(target, plan, 0, plan.rows[1] - plan.rows[0], started, True)
         if any(not math.isfinite(s.mos) for s in samples):
@@ -151,9 +158,9 @@ def build_cache(
         _finalise(partial, target, compression)
     except OSError as exc:
         raise CacheError(
-            f"{partial}: every view is written but finishing the cache failed ({type(exc).__name__}: {exc}); "
+            f"{partial}: cannot write {WHAT}: every view is written but finishing the cache failed ({os_reason(exc)}); "
             "fix the cause (e.g. free disk space) and rerun `kdiqa cache` to finish it"
-        ) from exc
+        ) from None
     say(f"cache: wrote {target} ({written} views computed, {skipped} resumed) in {time.perf_counter() - started:.1f} s")
     summary = _summary(target, plan, written, skipped, started, True)
     if any(not math.isfinite(s.mos) for s in samples):
@@ -237,9 +244,9 @@ class _Run:
         except OSError as exc:
             done = total - todo + written
             raise CacheError(
-                f"{self.partial}: write failed after {done} of {total} views ({type(exc).__name__}: {exc}); "
+                f"{self.partial}: cannot write {WHAT}: write failed after {done} of {total} views ({os_reason(exc)}); "
                 "the file is resumable: fix the cause (e.g. free disk space) and rerun `kdiqa cache`"
-            ) from exc
+            ) from None
         finally:
             if sink is not None:
                 sink.close()
@@ -324,22 +331,21 @@ class _Run:
             "targets": targets,
             "compression": "none",
         }
-        with atomic_path(self.partial) as tmp:
-            with h5py.File(tmp, "w") as f:
-                f.attrs[L.ATTR_FORMAT] = L.FORMAT
-                f.attrs[L.ATTR_FORMAT_VERSION] = L.FORMAT_VERSION
-                f.attrs[L.ATTR_VERSION] = __version__
-                f.attrs[L.ATTR_FINGERPRINTS] = L.dumps(self.fingerprints)
-                f.attrs[L.ATTR_META] = L.dumps(meta)
-                f.attrs[L.ATTR_COMPLETE] = np.int8(0)
-                _allocate(f, L.INDEX, (rows,), np.int64)
-                _allocate(f, L.VIEW_ID, (rows,), np.int32)
-                _allocate(f, L.PARAMS, (rows, 6), np.float64)
-                _allocate(f, L.MOS, (rows,), np.float32)
-                for key, arr in arrays.items():
-                    chunks = (1, *arr.shape[1:]) if key.startswith(L.FEATURES + "/") else None
-                    _allocate(f, key, (rows, *arr.shape[1:]), arr.dtype, chunks)
-                _allocate(f, L.DONE, (rows,), np.uint8)[...] = 0
+        with atomic_path(self.partial, WHAT) as tmp, hdf5_file(tmp, "w") as f:
+            f.attrs[L.ATTR_FORMAT] = L.FORMAT
+            f.attrs[L.ATTR_FORMAT_VERSION] = L.FORMAT_VERSION
+            f.attrs[L.ATTR_VERSION] = __version__
+            f.attrs[L.ATTR_FINGERPRINTS] = L.dumps(self.fingerprints)
+            f.attrs[L.ATTR_META] = L.dumps(meta)
+            f.attrs[L.ATTR_COMPLETE] = np.int8(0)
+            _allocate(f, L.INDEX, (rows,), np.int64)
+            _allocate(f, L.VIEW_ID, (rows,), np.int32)
+            _allocate(f, L.PARAMS, (rows, 6), np.float64)
+            _allocate(f, L.MOS, (rows,), np.float32)
+            for key, arr in arrays.items():
+                chunks = (1, *arr.shape[1:]) if key.startswith(L.FEATURES + "/") else None
+                _allocate(f, key, (rows, *arr.shape[1:]), arr.dtype, chunks)
+            _allocate(f, L.DONE, (rows,), np.uint8)[...] = 0
 
 
 class _BlockViews(Dataset):
@@ -415,7 +421,8 @@ class _Sink:
         self.file.visititems(lambda name, obj: self.datasets.__setitem__(name, obj) if isinstance(obj, h5py.Dataset) else None)
 
     def close(self) -> None:
-        _close_quietly(self.file)
+        self.datasets.clear()  # no dataset handle may outlive its file (kdiqa.cache.handles)
+        close_quietly(self.file)
 
 
 def _write_batch(sink: _Sink, batch: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
@@ -435,24 +442,24 @@ def _write_batch(sink: _Sink, batch: dict[str, Any], arrays: dict[str, np.ndarra
 
 def _open_partial(path: Path, mode: str) -> h5py.File:
     try:
-        return h5py.File(path, mode)
+        return open_unbuffered(path) if mode == "r+" else h5py.File(path, mode)
     except OSError as exc:
         if "lock" in str(exc).lower():
             raise CacheError(f"{path}: locked by another process (is another `kdiqa cache` writing this cache?)") from None
-        raise CacheError(f"{path}: cannot open the unfinished cache ({exc}); {FORCE_HINT}") from None
+        raise CacheError(f"{path}: cannot open the unfinished cache ({os_reason(exc)}); {FORCE_HINT}") from None
 
 
-def _remove_stale_temporaries(*paths: Path) -> None:
-    """Delete what killed runs left of atomic writes (``.<name>.*.tmp``); a file still being written
-    by a live process is younger than ``STALE_SECONDS``, so it is left alone."""
-    now = time.time()
-    for path in paths:
-        for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-            try:
-                if now - tmp.stat().st_mtime > STALE_SECONDS:
-                    tmp.unlink()
-            except FileNotFoundError:
-                pass
+def _remove_leftover_partial(partial: Path) -> None:
+    """A ``.partial`` beside a complete cache is what a run killed between finishing the compressed copy
+    and deleting its source left; remove it, unless a live writer holds it (it is then that run's)."""
+    if not partial.exists():
+        return
+    try:
+        with h5py.File(partial, "r"):  # takes HDF5's lock: fails while another process writes it
+            pass
+        partial.unlink()
+    except OSError:
+        pass
 
 
 def _allocate(f: h5py.File, name: str, shape: tuple[int, ...], dtype: Any, chunks: tuple[int, ...] | None = None) -> h5py.Dataset:
@@ -464,12 +471,12 @@ def _allocate(f: h5py.File, name: str, shape: tuple[int, ...], dtype: Any, chunk
 
 def _finalise(partial: Path, target: Path, compression: str) -> None:
     """Mark complete and move into place; compressed caches are copied into their final form first."""
-    with h5py.File(partial, "r") as f:
+    with hdf5_file(partial, "r") as f:
         done = f[L.DONE][...]
     if not done.all():  # pragma: no cover - execute() only returns after every block
         raise CacheError(f"{partial}: {int((~done.astype(bool)).sum())} views are still missing; rerun `kdiqa cache`")
     if compression == "none":
-        with h5py.File(partial, "r+") as f:
+        with hdf5_file(partial, "r+") as f:
             f.attrs.modify(L.ATTR_COMPLETE, np.int8(1))
             f.flush()
         _fsync(partial)
@@ -484,8 +491,8 @@ def _repack(source: Path, target: Path, compression: str) -> None:
     opts: dict[str, Any] = {"compression": compression}
     if compression == "gzip":
         opts["compression_opts"] = GZIP_LEVEL
-    with h5py.File(source, "r") as src, atomic_path(target) as tmp:
-        with h5py.File(tmp, "w") as dst:
+    with hdf5_file(source, "r") as src, atomic_path(target, WHAT) as tmp:
+        with hdf5_file(tmp, "w") as dst:
             for key, value in src.attrs.items():
                 dst.attrs[key] = value
             meta = L.loads_attr(src.attrs[L.ATTR_META])
@@ -529,7 +536,7 @@ def _summary(target: Path, plan: CachePlan, written: int, skipped: int, started:
     }
 
 
-def _pool_size(name: Any, value: Any) -> tuple[int, int]:
+def pool_size(name: Any, value: Any) -> tuple[int, int]:
     size = (value, value) if isinstance(value, (int, np.integer)) else tuple(value)
     if len(size) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v > 0 for v in size):
         raise ConfigError(f"cache.pool.{name}: need a positive int or [height, width], got {value!r}")
@@ -564,15 +571,6 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _close_quietly(f: h5py.File) -> None:
-    """Close after an error without masking it (closing flushes, which may fail again on a full disk)."""
-    name = f.filename
-    try:
-        f.close()
-    except Exception as exc:  # noqa: BLE001 - the original error is the one to report
-        warnings.warn(f"{name}: closing after an error failed too ({exc})", stacklevel=2)
 
 
 class _Printer:

@@ -1,11 +1,14 @@
 """The ``kdiqa`` command line: one subcommand per stage, plus ``run`` to chain a recipe's stages.
 
-Expected user errors (KdiqaError) print one line, ``kdiqa: error: ...``, and exit 2; ``--debug``
-shows the traceback instead.
+Expected user errors (KdiqaError) print one line, ``kdiqa: error: ...``, and exit 2; so does an
+OSError that says the machine cannot take a file (a full disk, a read-only folder, a missing path),
+wherever it comes from. ``--debug`` shows the traceback instead. Third-party chatter is silenced
+unless ``--verbose`` (:mod:`kdiqa.console`).
 """
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from collections.abc import Callable, Sequence
@@ -15,18 +18,27 @@ from kdiqa import __version__
 from kdiqa.errors import KdiqaError
 
 EXIT_USER_ERROR = 2
+# OSErrors that describe the machine, not a bug: reported in one line like user errors
+ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT,
+                      errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENAMETOOLONG, errno.EFBIG, errno.EIO}
+
+
+def _flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--verbose", action="store_true", help="show every library's messages and warnings")
 
 
 def _common(parser: argparse.ArgumentParser, recipe: bool = True) -> None:
     if recipe:
         parser.add_argument("recipe", help="recipe YAML path, or a name under recipes/ (e.g. quickstart)")
-        parser.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides, e.g. trainer.max_epochs=2")
+        parser.add_argument("overrides", nargs="*", metavar="key=value",
+                            help="recipe overrides, e.g. trainer.max_epochs=2; ~key removes a key (~data.options.n_train)")
         parser.add_argument("-o", "--out", help="run folder (default: the recipe's `out`)")
         parser.add_argument("--seed", type=int, help="seed for every RNG (default: the recipe's `seed`)")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    _flags(parser)
 
 
-def _recipe(args: argparse.Namespace):
+def _recipe(args: argparse.Namespace, needs: tuple[str, ...] | None = None):
     from kdiqa.config import load_recipe
 
     overrides = list(args.overrides)
@@ -34,7 +46,7 @@ def _recipe(args: argparse.Namespace):
         overrides.append(f"out={args.out}")
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
-    return load_recipe(args.recipe, overrides)
+    return load_recipe(args.recipe, overrides, needs=needs)
 
 
 def _print_table(rows: dict[str, dict[str, Any]]) -> None:
@@ -90,13 +102,14 @@ def cmd_cache(args: argparse.Namespace) -> int:
         if len(rest) != 1:
             raise KdiqaError(f"cache {action}: expected one cache path, e.g. `kdiqa cache {action} runs/x/cache/teacher.h5`")
         if action == "merge":
-            merge_shards(rest[0])
+            merge_shards(rest[0], force=args.force)
         print(format_cache_info(cache_info(rest[0])))
         return 0
     from kdiqa.run import prepare_run
     from kdiqa.stages import STAGES
 
-    args.recipe, args.overrides = action, rest
+    # overrides may come before or after the options (`kdiqa cache RECIPE -o OUT key=value`)
+    args.recipe, args.overrides = action, [*rest, *args.overrides]
     shard = None
     if args.shard:
         try:
@@ -116,7 +129,12 @@ def cmd_cache(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from kdiqa.predict import predict_paths
 
-    predict_paths(args.model, args.paths, out=args.output, batch_size=args.batch_size, size=args.size)
+    rows = predict_paths(args.model, args.paths, out=args.output, batch_size=args.batch_size, size=args.size)
+    scored = sum(1 for r in rows if r["score"] is not None)
+    if not scored:
+        first = next((f"; the first: {r['error']}" for r in rows if r["error"]), "")
+        raise KdiqaError(f"predict: none of the {len(rows)} images could be scored{first}" if rows
+                         else f"predict: no images found in {' '.join(args.paths)}")
     return 0
 
 
@@ -172,7 +190,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_data_info(args: argparse.Namespace) -> int:
     from kdiqa.data.datamodule import IQADataModule
 
-    recipe = _recipe(args)
+    recipe = _recipe(args, needs=("data", "views"))  # a `???` teacher or student does not matter here
     summary = IQADataModule(recipe.data, recipe.views).summary()
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
@@ -180,8 +198,9 @@ def cmd_data_info(args: argparse.Namespace) -> int:
     print(f"dataset {summary['name']} ({recipe.data.root or 'default root'}), skipped rows: {summary['skipped']}")
     print(f"{'split':<12}{'labelled':>9}{'MOS min':>12}{'MOS max':>12}")
     for split, row in summary.items():
-        if isinstance(row, dict) and "mos_raw_min" in row:
-            print(f"{split:<12}{row['count']:>9}{row['mos_raw_min']:>12.4g}{row['mos_raw_max']:>12.4g}")
+        if isinstance(row, dict) and "mos_raw_min" in row:  # an empty split has no MOS range: shown as -
+            low, high = (f"{row[k]:>12.4g}" if row[k] is not None else f"{'-':>12}" for k in ("mos_raw_min", "mos_raw_max"))
+            print(f"{split:<12}{row['count']:>9}{low}{high}")
     pool = summary.get("unlabelled")
     if pool:
         print(f"unlabelled pool: {pool['count']} images for distillation ({pool['source']}), {pool['left_out']} left out")
@@ -210,6 +229,9 @@ def cmd_info(args: argparse.Namespace) -> int:
         describe = getattr(builder, "describe", None)
         if describe is None:
             raise KdiqaError(f"teacher {args.name!r} cannot describe itself without being built")
+        if args.metric:  # pyiqa: one of its metrics
+            print(json.dumps(describe(metric=args.metric), indent=2, default=str))
+            return 0
         print(json.dumps(describe(args.preset) if args.preset else describe(), indent=2))
         return 0
     raise KdiqaError(f"info: unknown topic {args.what!r}")
@@ -234,9 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--out", help="run folder (default: the recipe's `out`)")
     p.add_argument("--seed", type=int, help="seed (default: the recipe's `seed`)")
     p.add_argument("--shard", help="write only shard i of n (i/n), e.g. one per process or GPU; join with `cache merge`")
-    p.add_argument("--force", action="store_true", help="rebuild a cache whose fingerprints do not match")
-    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    p.set_defaults(func=cmd_cache)
+    p.add_argument("--force", action="store_true", help="rebuild a cache whose fingerprints do not match (merge: replace the merged file)")
+    _flags(p)
+    p.set_defaults(func=cmd_cache, overrides=[])
 
     p = sub.add_parser("distill", help="train the student on labels + teacher targets (cached or online)")
     _common(p)
@@ -256,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="write results to this .csv or .json (default: print CSV)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--size", type=int, help="input side in pixels (default: the model's image_size)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    _flags(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("export", help="export a saved student to ONNX or TorchScript, verified against PyTorch")
@@ -268,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exporter", choices=["legacy", "dynamo"], default="legacy", help="torch ONNX exporter (default: legacy)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max |exported - PyTorch| allowed (default: 1e-4)")
     p.add_argument("--out", help="output file (default: CHECKPOINT/model.onnx or CHECKPOINT/model.torchscript.pt)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    _flags(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("convert", help="convert a released DP-IQA teacher or student .pth into a kdiqa folder")
@@ -281,7 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latent", choices=["mean", "sample"], help="teacher: VAE latent (default mean: deterministic)")
     p.add_argument("--backbone", help="student: torchvision EfficientNet variant (default efficientnet_b7)")
     p.add_argument("--image-size", type=int, help="student: input side in pixels (default 512)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    _flags(p)
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("bench", help="compare student backbones: parameters, FLOPs, latency, throughput, memory, SRCC")
@@ -322,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("what", choices=["teachers", "students", "datasets", "losses", "teacher"])
     p.add_argument("name", nargs="?", help="component name (for `info teacher`)")
     p.add_argument("--preset", help="architecture preset (e.g. tiny, sd15)")
+    p.add_argument("--metric", help="for `info teacher pyiqa`: a pyiqa metric to describe (e.g. topiq_nr)")
     p.set_defaults(func=cmd_info)
     return parser
 
@@ -331,11 +354,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     # overrides may follow options (`kdiqa run quickstart -o out key=value`): argparse stops
     # collecting positionals at the first option, so gather the key=value strings it left over
     args, extra = parser.parse_known_args(argv)
-    stray = [e for e in extra if e.startswith("-") or "=" not in e or not hasattr(args, "overrides")]
+    stray = [e for e in extra if not _is_override(e) or not hasattr(args, "overrides")]
     if stray:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    from kdiqa.console import setup_console
+
+    setup_console(verbose=args.verbose)
     try:
         return int(args.func(args) or 0)
     except KdiqaError as exc:
@@ -343,9 +369,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"kdiqa: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except OSError as exc:
+        if args.debug or exc.errno not in ENVIRONMENT_ERRNOS:
+            raise
+        from kdiqa.io import os_reason
+
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"kdiqa: error: {where}{os_reason(exc)}", file=sys.stderr)
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("kdiqa: interrupted", file=sys.stderr)
         return 130
+
+
+def _is_override(arg: str) -> bool:
+    """``key=value``, or ``~key`` (remove a key), as left over after the options."""
+    return not arg.startswith("-") and ("=" in arg or arg.startswith("~"))
 
 
 if __name__ == "__main__":

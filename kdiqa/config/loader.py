@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import (
     ConfigKeyError,
     InterpolationResolutionError,
@@ -92,15 +92,93 @@ def _load_tree(path: Path, chain: tuple[Path, ...]) -> tuple[DictConfig, list[st
     return OmegaConf.merge(merged, cfg), used
 
 
+def _override_key(item: str) -> str:
+    """The key an override sets (``key=value``) or removes (``~key``, ``~key=value``); ConfigError if malformed."""
+    body = item[1:] if item.startswith("~") else item
+    key = body.split("=", 1)[0]
+    if not key or key != key.strip() or ("=" not in body and not item.startswith("~")):
+        raise ConfigError(f"override {item!r}: expected key=value (or ~key to remove a key), e.g. trainer.max_epochs=5")
+    return key
+
+
 def _parse_overrides(overrides: Sequence[str]) -> DictConfig:
     for item in overrides:
-        key = item.split("=", 1)[0]
-        if "=" not in item or not key or key != key.strip():
-            raise ConfigError(f"override {item!r}: expected key=value, e.g. trainer.max_epochs=5")
+        _override_key(item)
     try:
         return OmegaConf.from_dotlist(list(overrides))
     except OmegaConfBaseException as exc:
         raise ConfigError(f"overrides: {str(exc).splitlines()[0]}") from None
+
+
+def _remove(cfg: DictConfig, item: str) -> None:
+    """``~key`` (Hydra's syntax): remove ``key``; ``~key=value`` removes it only if it holds ``value``.
+
+    Why: merging ``data.options={}`` keeps the keys a base recipe set (the quickstart's ``n_train``
+    follows a user to their own dataset); removing them first makes a replacement possible
+    (``~data.options data.options={file: x.csv}``). A key of the schema itself cannot disappear: it
+    goes back to its default.
+    """
+    key = _override_key(item)
+    expected = item.split("=", 1)[1] if "=" in item else None
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
+    if not isinstance(parent, DictConfig) or leaf not in parent:
+        raise ConfigError(f"override {item!r}: there is no key {key!r} to remove")
+    if expected is not None:
+        current = OmegaConf.to_container(parent, resolve=True)[leaf]
+        if str(current) != str(yaml.safe_load(expected)) and str(current) != expected:
+            raise ConfigError(f"override {item!r}: {key!r} is {current!r}, not {expected!r}; nothing removed")
+    schema = OmegaConf.get_type(parent)
+    if dataclasses.is_dataclass(schema):
+        fields = {f.name: f for f in dataclasses.fields(schema)}
+        default = fields[leaf].default_factory() if fields[leaf].default_factory is not dataclasses.MISSING else fields[leaf].default  # type: ignore[misc]
+        parent[leaf] = OmegaConf.structured(default) if dataclasses.is_dataclass(default) else default
+    else:
+        del parent[leaf]
+
+
+def _apply_overrides(merged: DictConfig, overrides: Sequence[str]) -> DictConfig:
+    """Apply ``key=value`` and ``~key`` overrides in order (a removal then a setting replaces a value)."""
+    for item in overrides:
+        if item.startswith("~"):
+            _remove(merged, item)
+        else:
+            merged = OmegaConf.merge(merged, _parse_overrides([item]))
+    return merged
+
+
+def _missing_values(cfg: Any, prefix: str = "") -> set[str]:
+    """Keys holding ``???``, found without resolving interpolations (a broken one is reported later,
+    by the schema check, with its own message)."""
+    found: set[str] = set()
+    if isinstance(cfg, DictConfig):
+        items = [(str(k), f"{prefix}.{k}" if prefix else str(k)) for k in cfg.keys()]
+    elif isinstance(cfg, ListConfig):
+        items = [(i, f"{prefix}[{i}]") for i in range(len(cfg))]
+    else:
+        return found
+    for key, full in items:
+        node = cfg._get_node(key)
+        if isinstance(node, (DictConfig, ListConfig)):
+            found |= _missing_values(node, full) if not node._is_missing() else {full}
+        elif node is not None and node._is_missing():
+            found.add(full)
+    return found
+
+
+def _unfilled(tree: DictConfig, merged: DictConfig, overrides: Sequence[str], needs: Sequence[str] | None) -> list[str]:
+    """Required values (``???``) no override filled, among the keys under ``needs`` (all if None).
+
+    Why the recipe tree is searched too: a ``???`` merged onto a schema default (``teacher.checkpoint:
+    ???``, default None) leaves the default in place, so a released recipe would load with no
+    checkpoint instead of asking for one.
+    """
+    set_keys = [_override_key(item) for item in overrides]
+    missing = _missing_values(tree) | _missing_values(merged)
+    missing = {k for k in missing if not any(k == s or k.startswith(s + ".") or k.startswith(s + "[") for s in set_keys)}
+    if needs is not None:
+        missing = {k for k in missing if any(k == n or k.startswith(n + ".") or k.startswith(n + "[") for n in needs)}
+    return sorted(missing)
 
 
 def _schema_fields(full_key: str) -> list[str]:
@@ -147,19 +225,29 @@ def check_recipe(obj: Any, at: str = "") -> None:
             check_recipe(item, f"{at}[{i}]")
 
 
-def load_recipe(recipe: str | Path, overrides: Sequence[str] = ()) -> Recipe:
-    """Load, merge and validate a recipe; raises ConfigError naming the key at fault."""
+def load_recipe(recipe: str | Path, overrides: Sequence[str] = (), needs: Sequence[str] | None = None) -> Recipe:
+    """Load, merge and validate a recipe; raises ConfigError naming the key at fault.
+
+    ``overrides``: ``key=value`` (merged) and ``~key`` (removed), applied in order. A required value
+    (``???``) that no override fills is an error, for the keys under ``needs`` (default: every key;
+    ``kdiqa data info`` needs only ``data`` and ``views``); the others fall back to their defaults.
+    """
     path = find_recipe(recipe)
     tree, bases = _load_tree(path, ())
     source = str(path)
+    for item in overrides:
+        _override_key(item)
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Recipe), tree)
     except OmegaConfBaseException as exc:
         raise _explain(exc, source) from None
     try:
-        merged = OmegaConf.merge(merged, _parse_overrides(overrides))
+        merged = _apply_overrides(merged, overrides)
     except OmegaConfBaseException as exc:
         raise _explain(exc, "override") from None
+    unfilled = _unfilled(tree, merged, overrides, needs)
+    if unfilled:
+        raise ConfigError(f"{source}: missing required value {unfilled[0]!r} (give it on the command line, e.g. {unfilled[0]}=...)")
     merged.base = bases
     try:
         obj = OmegaConf.to_object(merged)
@@ -178,6 +266,6 @@ def save_recipe(recipe: Recipe, path: str | Path) -> Path:
     from kdiqa.io import atomic_path
 
     path = Path(path)
-    with atomic_path(path) as tmp:
+    with atomic_path(path, "the resolved recipe") as tmp:
         tmp.write_text(recipe_to_yaml(recipe))
     return path

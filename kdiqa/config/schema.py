@@ -138,6 +138,11 @@ class OptimConfig:
         _positive(f"{at}.weight_decay", self.weight_decay, allow_zero=True)
 
 
+# what Lightning's Trainer(precision=...) accepts (lightning_fabric.connector._PRECISION_INPUT), as text
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "transformer-engine",
+              "transformer-engine-float16", "32", "16", "bf16", "64")
+
+
 @dataclass
 class TrainerConfig:
     """Passed to ``lightning.Trainer``: the Trainer owns loops, devices, precision and checkpoints."""
@@ -162,6 +167,7 @@ class TrainerConfig:
 
     def check(self, at: str) -> None:
         _choice(f"{at}.logger", self.logger, ("csv", "tensorboard", "none"))
+        _choice(f"{at}.precision", str(self.precision), PRECISIONS)  # else a Lightning traceback deep in the run
         _positive(f"{at}.log_every_n_steps", self.log_every_n_steps)
 
 
@@ -177,6 +183,17 @@ class FitConfig:
 
     def check(self, at: str) -> None:
         _choice(f"{at}.monitor", self.monitor, ("val/srcc", "val/plcc", "val/krcc", "val/loss"))
+        if self.trainer:  # a stage's trainer overrides, checked at load like the trainer section itself
+            import dataclasses
+            import difflib
+
+            valid = sorted(f.name for f in dataclasses.fields(TrainerConfig))
+            unknown = [str(k) for k in self.trainer if k not in valid]
+            if unknown:
+                close = difflib.get_close_matches(unknown[0], valid, n=1)
+                hint = f"; did you mean '{at}.trainer.{close[0]}'?" if close else ""
+                raise ConfigError(f"unknown key '{at}.trainer.{unknown[0]}'{hint}")
+            dataclasses.replace(TrainerConfig(), **dict(self.trainer)).check(f"{at}.trainer")
 
 
 @dataclass

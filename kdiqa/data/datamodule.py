@@ -145,12 +145,16 @@ class IQADataModule(pl.LightningDataModule):
         return IQADataset(samples, make_sampler(self.views, split == "train" if train_views is None else train_views))
 
     def _eval_loader(self, split: str) -> DataLoader:
+        """Evaluation views are fixed, so the loader gets a generator of its own: drawing its workers'
+        seeds from the global one would make the training that follows depend on whether this loader's
+        persistent workers were started in this process (not so after a resume)."""
         workers = self.data_cfg.num_workers
         return DataLoader(
             self.split_dataset(split),
             batch_size=self.data_cfg.eval_batch_size,
             num_workers=workers,
             persistent_workers=workers > 0,
+            generator=torch.Generator(),
         )
 
     def training_loader(self, dataset: Dataset) -> DataLoader:
@@ -159,6 +163,10 @@ class IQADataModule(pl.LightningDataModule):
         Why the explicit sampler under DDP: Lightning replaces a training loader's sampler with a
         *shuffling* DistributedSampler whatever the loader asked for, and keeps one that is already
         distributed. Seeded from torch's seed (``seed_everything``), so every rank draws the same order.
+
+        Workers are not persistent: each epoch's workers are seeded from the main process's generator,
+        which a checkpoint saves and restores; persistent workers would carry a random state no
+        checkpoint holds, and a resumed run would draw other views than an uninterrupted one.
         """
         cfg = self.data_cfg
         trainer = self.trainer  # set by Lightning (or fit_validation_best) once a fit is under way
@@ -168,13 +176,15 @@ class IQADataModule(pl.LightningDataModule):
                 dataset, num_replicas=trainer.world_size, rank=trainer.global_rank,
                 shuffle=cfg.shuffle, seed=torch.initial_seed() % 2**31,
             )
+            from kdiqa.checkpoints import start_epoch
+
+            sampler.set_epoch(start_epoch(trainer))  # a resumed fit's first epoch is not 0
         return DataLoader(
             dataset,
             batch_size=cfg.batch_size,
             shuffle=cfg.shuffle if sampler is None else False,
             sampler=sampler,
             num_workers=cfg.num_workers,
-            persistent_workers=cfg.num_workers > 0,
             drop_last=len(dataset) > cfg.batch_size,
         )
 

@@ -32,6 +32,7 @@ def stage_cache(recipe: Recipe, run_dir: Path, shard: tuple[int, int] | None = N
     The training images are the labelled training split, then the unlabelled pool if the recipe has one.
     """
     from kdiqa.cache import build_cache
+    from kdiqa.distill.cache_check import cache_settings
     from kdiqa.evaluate import default_device
     from kdiqa.stages import trained_teacher_path
     from kdiqa.teacher import load_teacher
@@ -40,24 +41,32 @@ def stage_cache(recipe: Recipe, run_dir: Path, shard: tuple[int, int] | None = N
     dm.setup()
     teacher = load_teacher(_require_model(trained_teacher_path(recipe, run_dir), "kdiqa fit-teacher"))
     c = recipe.cache
+    settings = cache_settings(recipe)  # the same settings every reader checks the cache against
     return build_cache(
         teacher,
         dm.distill_samples(),
-        make_sampler(recipe.views, train=c.views_per_image > 1 or not c.first_view_eval),
+        settings.pop("sampler"),
         cache_path(recipe, run_dir),
-        views_per_image=c.views_per_image,
-        first_view_eval=c.first_view_eval,
-        features=list(c.features),
-        pool=dict(c.pool),
-        dtype=c.dtype,
+        **settings,
         compression=c.compression,
         batch_size=c.batch_size,
-        seed=recipe.seed,
         shard=shard,
         device=default_device(),
         num_workers=recipe.data.num_workers,
         force=force,
     )
+
+
+def open_cache(recipe: Recipe, run_dir: Path, samples: list[Any], **options: Any) -> Any:
+    """The recipe's cache as a :class:`~kdiqa.cache.CachedViews`, refused in one line when any of its
+    fingerprints does not match the recipe (:mod:`kdiqa.distill.cache_check`)."""
+    from kdiqa.cache import CachedViews
+    from kdiqa.distill.cache_check import recipe_fingerprints
+    from kdiqa.stages import trained_teacher_path
+
+    teacher = trained_teacher_path(recipe, run_dir)
+    return CachedViews(cache_path(recipe, run_dir), samples, make_sampler(recipe.views, train=True),
+                       lambda meta: recipe_fingerprints(recipe, teacher, meta), **options)
 
 
 def _require_model(path: Path, how: str) -> Path:
@@ -101,8 +110,11 @@ class _WithTrainSet(IQADataModule):
             self.labelled, cfg.batch_size, self.fraction, seed=torch.initial_seed() % 2**31, shuffle=cfg.shuffle,
             num_replicas=trainer.world_size if distributed else 1, rank=trainer.global_rank if distributed else 0,
         )
-        return DataLoader(self.train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers,
-                          persistent_workers=cfg.num_workers > 0)
+        from kdiqa.checkpoints import start_epoch
+
+        sampler.set_epoch(start_epoch(trainer))  # a resumed fit's first epoch is not 0
+        # workers not persistent, as in training_loader: their random state must come from a checkpoint
+        return DataLoader(self.train_set, batch_size=cfg.batch_size, sampler=sampler, num_workers=cfg.num_workers)
 
 
 def build_student(recipe: Recipe, feature_shapes: dict[str, tuple[int, ...]]) -> nn.Module:
@@ -145,8 +157,10 @@ def _fit_student(recipe: Recipe, run_dir: Path, key: str, module: Any, dm: IQADa
 
 
 def stage_distill(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
-    """Train the student on labels + teacher targets, from the cache or with the teacher online."""
-    from kdiqa.cache import CachedViews
+    """Train the student on labels + teacher targets, from the cache or with the teacher online.
+
+    A cache that does not match the recipe (teacher, dataset, views, targets) is refused.
+    """
     from kdiqa.distill.module import DistillModule
     from kdiqa.stages import data_for, trained_teacher_path
     from kdiqa.teacher import load_teacher
@@ -159,10 +173,8 @@ def stage_distill(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
         raise ConfigError("distill.unlabelled_fraction: set, but the recipe has no unlabelled pool (data.unlabelled)")
     teacher = None
     if recipe.distill.source == "cache":
-        train_set = CachedViews(
-            cache_path(recipe, run_dir), dm.distill_samples(), make_sampler(recipe.views, train=True),
-            views=recipe.cache.epoch_views, features=sorted({p.target for p in recipe.distill.features}),
-        )
+        train_set = open_cache(recipe, run_dir, dm.distill_samples(), views=recipe.cache.epoch_views,
+                               features=sorted({p.target for p in recipe.distill.features}))
         student = build_student(recipe, train_set.feature_shapes())
         dm = _WithTrainSet(dm, train_set, train_set.labelled_items(), fraction)
     else:
@@ -219,10 +231,14 @@ def stage_report(recipe: Recipe, run_dir: Path) -> dict[str, Any]:
     ]
     device = str(default_device())
     models = []
+    timed: dict[str, tuple[float, float]] = {}  # one measurement per architecture: KD and label-only share it
     for label, key, path in candidates:
         if (path / MODEL_CONFIG).is_file():
             model = load_model(path)
-            median, spread = measure_latency(model, recipe.views.size, device=device)
+            architecture = f"{type(model).__name__}:{count_parameters(model)}:{read_json(path / MODEL_CONFIG).get('config')}"
+            if architecture not in timed:
+                timed[architecture] = measure_latency(model, recipe.views.size, device=device)
+            median, spread = timed[architecture]
             models.append(ModelInfo(label, key, count_parameters(model), median, spread))
     table = write_report(run_dir, models, title=f"kdiqa report: {recipe.name}")
     print(table)

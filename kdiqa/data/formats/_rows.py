@@ -112,7 +112,7 @@ def require_columns(label_name: str, header: Sequence[str], required: Sequence[s
 
 
 def read_csv(path: str, label_name: str) -> tuple[list[str], list[tuple[int, list[str]]]]:
-    """Header and ``(row number, fields)`` pairs, blank lines dropped.
+    """Header and ``(row number, fields)`` pairs, blank lines dropped; a file without data rows is an error.
 
     utf-8-sig swallows the BOM that spreadsheet exports often add. Row numbers are the line on
     which each record starts, so quoted multi-line fields do not shift them.
@@ -130,6 +130,8 @@ def read_csv(path: str, label_name: str) -> tuple[list[str], list[tuple[int, lis
         raise DataError(f"{label_name}: not a readable CSV file ({exc})") from None
     if not records or records[0][0] != 1:
         raise DataError(f"{label_name}: expected a header row on line 1")
+    if len(records) == 1:  # named by its full path: "labels.csv" alone does not say which one
+        raise DataError(f"{os.path.abspath(path)}: has a header row but no data rows")
     header = [h.strip() for h in records[0][1]]
     return header, records[1:]
 

@@ -1,0 +1,141 @@
+"""What a ``kdiqa`` command prints: its own lines, training progress, and warnings a user can act on.
+
+Third-party libraries print much a kdiqa user cannot act on: Lightning's hardware summary and its
+LitLogger advertisement, "N modules in eval mode" (kdiqa freezes parts of its teachers on purpose),
+the "not many workers" hint (wrong for small models on few cores, see recipes/dpiqa/tiny.yaml), the
+deprecation notices one library raises about another (a pytree API, inside Lightning), and
+diffusers' or transformers' advice. :func:`setup_console` silences exactly that chatter and prints
+the warnings that remain on one line each; ``--verbose`` leaves every library as it is.
+
+When stdout is not a terminal (a log file, CI), a progress bar redraws one line with carriage
+returns and reads as noise or nothing; :class:`PlainProgress` prints plain lines there instead.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from pytorch_lightning.callbacks import ProgressBar
+
+# messages of warnings that are chatter for a kdiqa user (regular expressions, matched at the start)
+CHATTER = (
+    r".*`isinstance\(treespec, LeafSpec\)` is deprecated",
+    r".*_register_pytree_node is deprecated",
+    r".*pytree.* is deprecated",
+    r"Found \d+ module\(s\) in eval mode",
+    r"The '\w+_dataloader' does not have many workers",
+    r"Checkpoint directory .* exists and is not empty",
+    r"Experiment logs directory .* exists and is not empty",
+    r"Cannot initialize model with low cpu memory usage",
+)
+# libraries whose INFO lines are chatter (hardware summary, tips, "Restoring states ...")
+QUIET_LOGGERS = ("pytorch_lightning", "lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric")
+OWN_PACKAGES = ("kdiqa", "teachers", "students", "recipes")
+_SHOWWARNING = warnings.showwarning
+
+
+def setup_console(verbose: bool = False) -> None:
+    """Silence third-party chatter and print warnings on one line each; ``verbose`` undoes both.
+
+    Idempotent either way, so that commands run in one process (tests, notebooks) can switch.
+    """
+    warnings.filters[:] = [f for f in warnings.filters if not (f[0] == "ignore" and f[1] is not None and f[1].pattern in CHATTER)]
+    if verbose:
+        warnings.showwarning = _SHOWWARNING
+        for name in QUIET_LOGGERS:  # back to what the libraries set (Lightning: INFO)
+            logging.getLogger(name).setLevel(logging.INFO if name.startswith("pytorch_lightning") else logging.NOTSET)
+        return
+    for variable in ("DIFFUSERS_VERBOSITY", "TRANSFORMERS_VERBOSITY"):  # read when those libraries load
+        os.environ.setdefault(variable, "error")
+    for pattern in CHATTER:
+        warnings.filterwarnings("ignore", message=pattern)
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    warnings.showwarning = _one_line
+
+
+def _one_line(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+              file: Any = None, line: str | None = None) -> None:
+    """``kdiqa: warning: ...`` for kdiqa's own warnings, ``warning: ... (from <library>)`` for others."""
+    text = " ".join(str(message).split())
+    parts = Path(filename).parts
+    installed = "site-packages" in parts
+    library = parts[parts.index("site-packages") + 1] if installed and parts[-1] != "site-packages" else Path(filename).stem
+    own = not installed and any(p in OWN_PACKAGES for p in parts)
+    stream = file or sys.stderr
+    try:
+        stream.write(f"kdiqa: warning: {text}\n" if own else f"warning: {text} (from {library})\n")
+    except OSError:
+        pass  # a closed or full stream: warnings are not worth failing for
+
+
+class PlainProgress(ProgressBar):
+    """Lightning progress as plain lines (one every ``every`` seconds and one per epoch), for logs.
+
+    Used instead of the bar when stdout is not a terminal: ``<name> epoch 2/10 step 140/700 train/loss
+    0.0123 (35 s)``, then the validation metrics when an epoch ends.
+    """
+
+    def __init__(self, name: str, every: float = 30.0) -> None:
+        super().__init__()
+        self.name = name
+        self.every = every
+        self._enabled = True
+        self._start = self._last = 0.0
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = self._last = time.monotonic()
+        if trainer.global_step:
+            self._say(f"resumed at epoch {trainer.current_epoch}, step {trainer.global_step}", trainer)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every:
+            self._last = now
+            self._say(self._metrics(trainer, "train/"), trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._say(self._metrics(trainer, "val/"), trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._enabled and trainer.is_global_zero:
+            print(f"{self.name}: done, {trainer.global_step} steps ({time.monotonic() - self._start:.0f} s)", flush=True)
+
+    def _metrics(self, trainer: pl.Trainer, prefix: str) -> str:
+        shown = []
+        for name in ("loss", "srcc", "plcc"):
+            value = trainer.callback_metrics.get(prefix + name)
+            if value is not None:
+                shown.append(f"{prefix}{name} {float(value):.4f}")
+        return ", ".join(shown)
+
+    def _say(self, what: str, trainer: pl.Trainer) -> None:
+        if not self._enabled or not trainer.is_global_zero:
+            return
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
+        steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else int(trainer.estimated_stepping_batches)
+        line = (f"{self.name}: epoch {trainer.current_epoch + 1}/{epochs} step {trainer.global_step}/{steps}"
+                f"{', ' + what if what else ''} ({time.monotonic() - self._start:.0f} s)")
+        print(line, flush=True)
+
+
+def use_plain_progress() -> bool:
+    """Plain progress lines when stdout is not a terminal (redirected to a file, a pipe, CI)."""
+    try:
+        return not sys.stdout.isatty()
+    except (AttributeError, ValueError):
+        return True

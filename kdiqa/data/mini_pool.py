@@ -6,7 +6,8 @@ to a rated set, the pool is also *more varied* than the labelled crops: each is 
 crop of a *training* photograph (:func:`kdiqa.data.mini_stream.augmented_sample`: wider scale range,
 rotation, channel permutation, grey, exposure), distorted like the training samples. The variety is
 what the teacher was fitted on and what carries its judgement to unseen photographs; measured on the
-quickstart, a KD student from plain crops scored test SRCC 0.44, from these 0.48 (teacher 0.49). Its
+quickstart (one run each), a KD student from plain crops scored test SRCC 0.44, from these 0.48
+(teacher 0.49). Its
 own seed stream ``numpy.random.default_rng([seed, POOL_STREAM, i])`` (the labelled splits use
 streams 0, 1, 2; the teacher's stream 1000+) means no pool crop repeats a labelled one, and
 validation and test photographs are never touched. No label is computed: the MS-SSIM pseudo-MOS is

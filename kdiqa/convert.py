@@ -17,43 +17,13 @@ complete; an existing ``out`` is replaced only with ``force``.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from kdiqa.errors import CheckpointError, ConfigError
-from kdiqa.io import _umask
+from kdiqa.io import atomic_folder
 
 KINDS = ("dpiqa-official", "dpiqa-official-student")
-
-
-@contextmanager
-def atomic_folder(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``out``; it becomes ``out`` only if the block succeeds."""
-    out = Path(out)
-    if out.exists() and not force:
-        raise CheckpointError(f"{out}: already exists; choose another -o or pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; results are meant to be shared
-    try:
-        yield tmp
-        if out.exists():
-            old = out.with_name(f".{out.name}.{os.getpid()}.old")
-            os.replace(out, old)
-            os.replace(tmp, out)
-            if old.is_dir():
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                old.unlink()
-        else:
-            os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def convert(

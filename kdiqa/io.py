@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import socket
 import tempfile
 import time
@@ -103,7 +104,6 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
         try:
             if _writer_gone(tmp, path.name) or now - tmp.stat().st_mtime > STALE_SECONDS:
                 if tmp.is_dir():
-                    import shutil
 
                     shutil.rmtree(tmp)
                 else:
@@ -249,3 +249,31 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
         raise CheckpointError(f"{path}: cannot read weights ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
     return state
+
+
+@contextmanager
+def atomic_folder(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``out``; it becomes ``out`` only if the block succeeds."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise CheckpointError(f"{out}: already exists; choose another -o or pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; results are meant to be shared
+    try:
+        yield tmp
+        for path in tmp.rglob("*"):  # safetensors and mkdtemp create owner-only files
+            os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
+        if out.exists():
+            old = out.with_name(f".{out.name}.{os.getpid()}.old")
+            os.replace(out, old)
+            os.replace(tmp, out)
+            if old.is_dir():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink()
+        else:
+            os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

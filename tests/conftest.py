@@ -74,3 +74,12 @@ def toy_recipe(tmp_path, blur_dataset) -> Path:
             losses: [{{name: mse}}, {{name: margin_ranking, weight: 0.5}}]
     """))
     return recipe
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny grouped convolutions stall with 2 OpenMP threads on shared cores (15 s instead of 1 s)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

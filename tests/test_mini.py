@@ -118,14 +118,6 @@ def test_label_falls_monotonically_with_distortion_level():
     assert pseudo_mos(ref[None], ref[None])[0] == 1.0
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny grouped convolutions stall with 2 OpenMP threads on shared cores (15 s instead of 1 s)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_ms_ssim_matches_torchmetrics(one_thread):
     from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as tm_ms_ssim

@@ -21,13 +21,6 @@ from kdiqa.teacher import load_teacher
 SHIPPED = "teachers/dpiqa/weights/tiny-quality"
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _photo(seed: int = 0) -> Image.Image:
     rng = np.random.default_rng(seed)

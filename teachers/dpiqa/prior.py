@@ -24,9 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -121,25 +118,14 @@ def pretrain_prior(
 
 
 def save_prior(vae: torch.nn.Module, unet: torch.nn.Module, out: str | Path, provenance: dict[str, Any]) -> Path:
-    """Write a diffusers folder (``unet/``, ``vae/``, ``prior.json``) atomically: built beside ``out``,
-    then moved into place, so ``out`` is never half-written."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    """Write a diffusers folder (``unet/``, ``vae/``, ``prior.json``) atomically, replacing ``out``."""
+    from kdiqa.io import atomic_folder
+
+    with atomic_folder(out, force=True) as tmp:
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
         vae.save_pretrained(tmp / "vae", safe_serialization=True)
         (tmp / "prior.json").write_text(json.dumps(provenance, indent=2) + "\n")
-        for path in tmp.rglob("*"):  # mkdtemp and safetensors create owner-only files
-            os.chmod(path, 0o755 if path.is_dir() else 0o644)
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out)
 
 
 def training_images(recipe_name: str, overrides: list[str]) -> tuple[torch.Tensor, dict[str, Any]]:

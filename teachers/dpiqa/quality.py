@@ -25,10 +25,7 @@ import argparse
 import copy
 import json
 import math
-import os
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -138,25 +135,14 @@ def fit_quality(
 
 
 def save_shipped(teacher: torch.nn.Module, out: str | Path, provenance: dict[str, Any]) -> Path:
-    """``save_teacher`` into a folder beside ``out``, plus provenance.json, then moved into place."""
+    """``save_teacher`` plus provenance.json, written atomically, replacing ``out``."""
+    from kdiqa.io import atomic_folder
     from kdiqa.teacher import save_teacher
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
+    with atomic_folder(out, force=True) as tmp:
         save_teacher(teacher, tmp)
         (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
-        for path in tmp.rglob("*"):
-            os.chmod(path, 0o644)
-        os.chmod(tmp, 0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -33,7 +33,7 @@ test-pyiqa:
 	$(PYIQA_VENV)/bin/python -m pytest -q tests/test_external_teachers.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check kdiqa teachers students tests benchmarks
+	$(BIN)/ruff check kdiqa tests benchmarks
 
 clean:
 	rm -rf $(VENV) $(PYIQA_VENV) runs data/mini .pytest_cache

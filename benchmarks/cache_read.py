@@ -42,7 +42,7 @@ def make_student(name: str) -> nn.Module:
     try:
         import timm
 
-        import students  # noqa: F401  (registers the kdiqa_cnn_* timm models)
+        import kdiqa.students  # noqa: F401  (registers the kdiqa_cnn_* timm models)
 
         return timm.create_model(name, num_classes=1)
     except Exception as exc:  # noqa: BLE001 - the benchmark still runs with a stand-in

@@ -41,8 +41,8 @@ def official_layout(seed: int = 0) -> dict[str, Any]:
     import torch
 
     from kdiqa.released import rename
-    from teachers.dpiqa import DPIQATeacher
-    from teachers.dpiqa.official import NOT_IN_FILE, rules_for
+    from kdiqa.teachers.dpiqa import DPIQATeacher
+    from kdiqa.teachers.dpiqa.official import NOT_IN_FILE, rules_for
 
     with torch.device("meta"):
         teacher = DPIQATeacher(preset="sd15", prompt_embeddings="random")

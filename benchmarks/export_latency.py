@@ -32,7 +32,7 @@ from kdiqa import load_student  # noqa: E402
 from kdiqa.export import export_student  # noqa: E402
 from kdiqa.exported import OnnxModel, TorchScriptModel  # noqa: E402
 from kdiqa.registry import STUDENTS  # noqa: E402
-from students.student import save_student  # noqa: E402
+from kdiqa.students.student import save_student  # noqa: E402
 
 RUNTIMES = ("eager", "torchscript", "onnxruntime")
 

@@ -32,7 +32,7 @@ from torch import nn
 
 from kdiqa.metrics import srcc
 from kdiqa.registry import DATASETS
-from teachers.dpiqa.adapters import local_contrast_normalise
+from kdiqa.teachers.dpiqa.adapters import local_contrast_normalise
 
 
 def load_splits(root: str, n_train: int, data_seed: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -41,7 +41,7 @@ def off_switches(pyiqa_configs: dict, name: str) -> dict:
 def attempt(name: str, hub: str, options: dict) -> str:
     from kdiqa.errors import KdiqaError
     from kdiqa.registry import TEACHERS
-    from teachers.external import MissingFileError
+    from kdiqa.teachers.external import MissingFileError
 
     start = time.perf_counter()
     try:

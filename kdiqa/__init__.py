@@ -7,6 +7,6 @@ def load_student(path, map_location="cpu"):
 
     Imported lazily so that ``import kdiqa`` stays light and never pulls in timm.
     """
-    from students.student import load_student as _load_student
+    from kdiqa.students.student import load_student as _load_student
 
     return _load_student(path, map_location=map_location)

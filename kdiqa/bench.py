@@ -251,7 +251,7 @@ def bench_student(recipe: Recipe, backbone: str) -> tuple[nn.Module, str]:
 
 def check_backbones(backbones: Sequence[str]) -> None:
     """Fail in one line before anything slow runs if a name is not a timm model."""
-    from students.taps import create_backbone
+    from kdiqa.students.taps import create_backbone
 
     if not backbones:
         raise ConfigError("bench --students: name at least one timm backbone, e.g. --students efficientnet_b0,mobilenetv3_large_100")

@@ -36,7 +36,7 @@ CHATTER = (
 )
 # libraries whose INFO lines are chatter (hardware summary, tips, "Restoring states ...")
 QUIET_LOGGERS = ("pytorch_lightning", "lightning", "lightning_fabric", "lightning.pytorch", "lightning.fabric")
-OWN_PACKAGES = ("kdiqa", "teachers", "students", "recipes")
+OWN_PACKAGES = ("kdiqa",)
 _SHOWWARNING = warnings.showwarning
 
 

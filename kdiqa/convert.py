@@ -47,7 +47,7 @@ def convert(
                 "quality_embeddings.pth (the official 1485 x 768 CLIP ViT-L/14 text features)"
             )
         from kdiqa.teacher import save_teacher
-        from teachers.dpiqa import DPIQATeacher
+        from kdiqa.teachers.dpiqa import DPIQATeacher
 
         options = dict(teacher_options or {})
         options.setdefault("preset", "sd15")
@@ -56,8 +56,8 @@ def convert(
             save_teacher(model, tmp)
         what = "teacher"
     else:
-        from students.official import OfficialStudent
-        from students.student import save_student
+        from kdiqa.students.official import OfficialStudent
+        from kdiqa.students.student import save_student
 
         model = OfficialStudent(weights=str(source), **(student_options or {}))
         with atomic_folder(out, force) as tmp:

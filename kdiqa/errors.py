@@ -31,3 +31,16 @@ class OutputError(KdiqaError):
 
     The message names the path and what was being written; nothing incomplete is left at that path.
     """
+
+
+def first_line(exc: BaseException, with_type: bool = True) -> str:
+    """The first line of an exception's message, as a one-line error shows a foreign library's failure.
+
+    ``with_type`` prefixes the exception's class name (``OSError: ...``), which is what tells a user
+    which library failed when the message alone does not.
+    """
+    text = str(exc).strip()
+    line = text.splitlines()[0] if text else ""
+    if not with_type:
+        return line or type(exc).__name__
+    return f"{type(exc).__name__}: {line}" if line else type(exc).__name__

@@ -101,7 +101,7 @@ def _where(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
-TEACHERS = Registry("teachers", ["teachers"])
-STUDENTS = Registry("students", ["students"])
+TEACHERS = Registry("teachers", ["kdiqa.teachers"])
+STUDENTS = Registry("students", ["kdiqa.students"])
 DATASETS = Registry("datasets", ["kdiqa.data.formats", "kdiqa.data.mini"])
 LOSSES = Registry("losses", ["kdiqa.losses"])

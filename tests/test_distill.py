@@ -79,7 +79,7 @@ def test_quickstart_shaped_run_end_to_end(toy_recipe, tmp_path, capsys):
 
 def test_predict_folder_with_a_corrupt_image(kd_run, tmp_path, capsys, blur_dataset):
     recipe, run_dir = kd_run
-    from students.student import save_student
+    from kdiqa.students.student import save_student
 
     student = build_student(recipe, {"quality_map": (4, 12, 12)})
     save_student(student, tmp_path / "student")

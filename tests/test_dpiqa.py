@@ -11,8 +11,8 @@ import torch
 from kdiqa.errors import CheckpointError, ConfigError
 from kdiqa.registry import TEACHERS
 from kdiqa.teacher import load_teacher, save_teacher
-from teachers.dpiqa import DPIQATeacher, build_prompts, describe, detect_family, get_preset, save_prompt_embeddings
-from teachers.dpiqa.loading import LDM_CROSS_ATTN_KEY
+from kdiqa.teachers.dpiqa import DPIQATeacher, build_prompts, describe, detect_family, get_preset, save_prompt_embeddings
+from kdiqa.teachers.dpiqa.loading import LDM_CROSS_ATTN_KEY
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -80,7 +80,7 @@ def test_packaged_configs_load_through_diffusers_offline(family, context_dim):
     """from_single_file reads exactly this (config=<folder>, subfolder=unet/vae): it must resolve locally."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from teachers.dpiqa import packaged_config_dir
+    from kdiqa.teachers.dpiqa import packaged_config_dir
 
     folder = str(packaged_config_dir(family))
     unet = UNet2DConditionModel.load_config(folder, subfolder="unet", local_files_only=True)
@@ -283,7 +283,7 @@ def test_projected_clip_features_like_the_official_embeddings(tmp_path, kind):
     """A CLIP folder with a projection gives projected features (official: CLIPModel.get_text_features)."""
     from transformers import CLIPConfig, CLIPModel, CLIPTextModelWithProjection, CLIPTokenizer, CLIPVisionConfig
 
-    from teachers.dpiqa import encode_prompts
+    from kdiqa.teachers.dpiqa import encode_prompts
 
     folder = tmp_path / "clip"
     vocab = _write_tiny_tokenizer(folder)
@@ -308,7 +308,7 @@ def test_projected_clip_features_like_the_official_embeddings(tmp_path, kind):
 
 
 def test_hub_is_offline_during_a_load(monkeypatch, tmp_path):
-    from teachers.dpiqa import loading
+    from kdiqa.teachers.dpiqa import loading
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     seen = {}

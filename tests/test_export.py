@@ -16,7 +16,7 @@ from kdiqa.export import ExportError, ScoreGraph, export_student
 from kdiqa.exported import load_exported, sidecar_path
 from kdiqa.predict import predict_paths
 from kdiqa.registry import STUDENTS
-from students.student import load_student, save_student
+from kdiqa.students.student import load_student, save_student
 
 SIZE = 32
 STUDENTS_UNDER_TEST = {

@@ -24,7 +24,7 @@ from kdiqa.data.datamodule import IQADataModule, make_sampler
 from kdiqa.errors import CheckpointError, ConfigError
 from kdiqa.registry import STUDENTS, TEACHERS
 from kdiqa.teacher import load_teacher, save_teacher
-from teachers.external import MissingFileError, ScoreScale, parse_score_range
+from kdiqa.teachers.external import MissingFileError, ScoreScale, parse_score_range
 
 SIZE = 24
 KD = [
@@ -81,7 +81,7 @@ def test_score_ranges_are_read_and_mapped_onto_kdiqa_scale():
 
 
 def test_tapped_outputs_become_maps_or_vectors():
-    from teachers.external.common import as_feature
+    from kdiqa.teachers.external.common import as_feature
 
     tokens = torch.rand(2, 17, 8)  # a class token, then 4 x 4 patches
     assert as_feature("t", tokens, 2, "x").shape == (2, 8, 4, 4)
@@ -284,7 +284,7 @@ def exported(tmp_path_factory):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     from kdiqa.export import export_student
-    from students.student import save_student
+    from kdiqa.students.student import save_student
 
     root = tmp_path_factory.mktemp("onnx")
     torch.manual_seed(0)

@@ -21,8 +21,8 @@ from kdiqa.cli.main import main
 from kdiqa.errors import CheckpointError, ConfigError
 from kdiqa.registry import STUDENTS
 from kdiqa.teacher import load_teacher
-from teachers.dpiqa import DPIQATeacher
-from teachers.dpiqa.presets import get_preset, packaged_config
+from kdiqa.teachers.dpiqa import DPIQATeacher
+from kdiqa.teachers.dpiqa.presets import get_preset, packaged_config
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -479,7 +479,7 @@ def student_file(tmp_path_factory):
 
 def test_official_student_key_layout_at_b7_matches_torchvision():
     """The default (B7) student has exactly the released file's keys and shapes (built weightless)."""
-    from students.official import official_student_keys
+    from kdiqa.students.official import official_student_keys
 
     with torch.device("meta"):
         reference = OfficialStudent("efficientnet_b7")
@@ -584,7 +584,7 @@ def test_official_distill_recipes_take_the_official_student():
 
 def test_official_teacher_loads_weightless_then_takes_the_file_tensors(tiny_files):
     """No second copy: the loaded parameters are the file's (memory-mapped) tensors themselves."""
-    from teachers.dpiqa.official import load_official_teacher, read_official_teacher
+    from kdiqa.teachers.dpiqa.official import load_official_teacher, read_official_teacher
 
     state = read_official_teacher(tiny_files["weights"])
     with torch.device("meta"):

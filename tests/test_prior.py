@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from kdiqa.config import load_recipe
-from kdiqa.config.loader import INSTALL_ROOT
+from kdiqa.config.loader import PACKAGE_ROOT
 from kdiqa.errors import CheckpointError
-from teachers.dpiqa import DPIQATeacher, get_preset
-from teachers.dpiqa.prior import pretrain_prior, save_prior
+from kdiqa.teachers.dpiqa import DPIQATeacher, get_preset
+from kdiqa.teachers.dpiqa.prior import pretrain_prior, save_prior
 
 PACKAGED = "teachers/dpiqa/weights/tiny-mini"
 
@@ -32,14 +32,14 @@ def test_pretraining_lowers_both_losses_and_saves_a_folder_the_teacher_loads(tmp
 
 
 def test_the_packaged_prior_is_the_tiny_architecture_and_loads_from_any_directory(tmp_path, monkeypatch):
-    assert (INSTALL_ROOT / PACKAGED / "prior.json").is_file(), "run: python -m teachers.dpiqa.prior --out " + PACKAGED
+    assert (PACKAGE_ROOT / PACKAGED / "prior.json").is_file(), "run: python -m kdiqa.teachers.dpiqa.prior --out " + PACKAGED
     monkeypatch.chdir(tmp_path)  # a relative path that only exists under the installation
     teacher = DPIQATeacher(preset="tiny", sd_checkpoint=PACKAGED, prompt_embeddings="random")
     tiny = get_preset("tiny")
     for part in ("unet", "vae"):
         config = teacher.config[part]
         assert {k: config[k] for k in tiny[part]} == {k: (v if not isinstance(v, list) else list(v)) for k, v in tiny[part].items()}
-    provenance = json.loads((INSTALL_ROOT / PACKAGED / "prior.json").read_text())
+    provenance = json.loads((PACKAGE_ROOT / PACKAGED / "prior.json").read_text())
     assert provenance["source"]["data"]["split"] == "train" and "teachers.dpiqa.prior" in provenance["command"]
     with pytest.raises(CheckpointError, match="not found"):
         DPIQATeacher(preset="tiny", sd_checkpoint="teachers/dpiqa/weights/no-such-prior")

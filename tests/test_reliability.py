@@ -45,7 +45,7 @@ import kdiqa.evaluate  # noqa: F401
 import kdiqa.predict  # noqa: F401
 import kdiqa.stages  # noqa: F401
 import kdiqa.trainer  # noqa: F401
-import students.student  # noqa: F401
+import kdiqa.students.student  # noqa: F401
 from kdiqa.cli.main import main
 from kdiqa.teacher import save_teacher
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from kdiqa.config import load_recipe
-from kdiqa.config.loader import INSTALL_ROOT
+from kdiqa.config.loader import PACKAGE_ROOT
 from kdiqa.data.mini import load_photographs, make_mini, split_photographs
 from kdiqa.data.mini_stream import LabelledCropStream, augmented_reference, augmented_sample
 from kdiqa.errors import DataError
@@ -72,7 +72,7 @@ def test_held_out_photographs_replace_the_seeded_split(tmp_path):
 
 
 def test_the_fitting_tool_writes_a_teacher_folder_with_its_provenance(tmp_path, one_thread):
-    from teachers.dpiqa.quality import main
+    from kdiqa.teachers.dpiqa.quality import main
 
     out = tmp_path / "fitted"
     main(["--out", str(out), "--steps", "3", "--batch-size", "8", "--eval-every", "2",
@@ -94,7 +94,7 @@ def test_the_quickstart_loads_the_shipped_teacher_from_any_directory(tmp_path, m
     assert recipe.data.unlabelled.mini >= 5 * recipe.data.options["n_train"] and recipe.data.options["n_train"] <= 1000
     monkeypatch.chdir(tmp_path)
     path = trained_teacher_path(recipe, tmp_path)
-    assert path == INSTALL_ROOT / SHIPPED
+    assert path == PACKAGE_ROOT / SHIPPED
     provenance = json.loads((path / "provenance.json").read_text())
     assert provenance["data"]["photographs"] == split_photographs(list(load_photographs()), 0)  # the quickstart's split
     assert provenance["test"]["srcc"] > 0.3 and provenance["test"]["pred_std_over_label_std"] > 0.3

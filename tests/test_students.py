@@ -13,9 +13,9 @@ import kdiqa
 from kdiqa.errors import CheckpointError, ConfigError
 from kdiqa.io import save_weights
 from kdiqa.registry import STUDENTS
-from students import describe, load_student, save_student
-from students.small_cnn import LocalContrastInput, box_mean
-from students.student import Student
+from kdiqa.students import describe, load_student, save_student
+from kdiqa.students.small_cnn import LocalContrastInput, box_mean
+from kdiqa.students.student import Student
 
 
 def build(**kwargs) -> Student:

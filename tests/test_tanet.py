@@ -18,8 +18,8 @@ from kdiqa.errors import CheckpointError, ConfigError
 from kdiqa.fit import MOSFitModule
 from kdiqa.registry import TEACHERS
 from kdiqa.teacher import TeacherOutput, load_teacher, save_teacher
-from teachers.tanet import TANetTeacher, official_key
-from teachers.tanet.model import pool_to_bins
+from kdiqa.teachers.tanet import TANetTeacher, official_key
+from kdiqa.teachers.tanet.model import pool_to_bins
 
 # --------------------------------------------------------------------------------------------------
 # the official layout, written out here independently of the package: what the released state dicts hold
@@ -370,7 +370,7 @@ def test_tiny_aesthetics_runs_end_to_end(tmp_path, name):
     """Fit a tiny TANet on AVA votes or TAD66K scores, cache it, distil it into a dist-head student."""
     from kdiqa.cache import CachedViews
     from kdiqa.data.datamodule import IQADataModule, make_sampler
-    from students.student import load_student
+    from kdiqa.students.student import load_student
 
     root = make_ava(tmp_path / "AVA") if name == "ava" else make_tad66k(tmp_path / "TAD66K")
     fit_dir, kd_dir = tmp_path / "fit", tmp_path / "kd"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from collections.abc import Sequence
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,34 +26,37 @@ from omegaconf.errors import (
 from kdiqa.config.schema import Recipe
 from kdiqa.errors import ConfigError
 
-# the folder holding the kdiqa, teachers and recipes packages (a checkout, or site-packages)
-INSTALL_ROOT = Path(__file__).resolve().parents[2]
-RECIPES_DIR = INSTALL_ROOT / "recipes"
+# the installed kdiqa package: built-in recipes (kdiqa/recipes) and shipped weights (kdiqa/teachers/...)
+# are package data, found here from any working directory and from a non-editable install
+PACKAGE_ROOT = Path(str(resources.files("kdiqa")))
+RECIPES_DIR = PACKAGE_ROOT / "recipes"
 
 
 def resolve_packaged_path(path: str | Path) -> Path:
-    """``path`` as given if it exists (or is absolute), else inside the installation if it exists there.
+    """``path`` as given if it exists (or is absolute), else inside the kdiqa package if it exists there.
 
-    Why: recipes name shipped weights (``teachers/dpiqa/weights/...``) relative to the repository, and
-    must find them from any working directory and from a non-editable install.
+    Why: recipes name shipped weights as ``teachers/dpiqa/weights/...``, the package's own layout, and
+    must find them from any working directory.
     """
     path = Path(path).expanduser()
     if path.exists() or path.is_absolute():
         return path
-    packaged = INSTALL_ROOT / path
+    packaged = PACKAGE_ROOT / path
     return packaged if packaged.exists() else path
 
 
 def find_recipe(name: str | Path, relative_to: Path | None = None) -> Path:
-    """A recipe path as given, relative to an including recipe, or a name under ``recipes/``."""
+    """A recipe path as given, relative to an including recipe, or a built-in one: ``quickstart``,
+    ``dpiqa/koniq10k`` or ``recipes/dpiqa/koniq10k.yaml`` (the package's own layout)."""
     name = Path(name)
     candidates = [name] if name.is_absolute() else []
     if not name.is_absolute():
         if relative_to is not None:
             candidates.append(relative_to / name)
-        candidates += [name, RECIPES_DIR / name]
+        builtin = name.relative_to("recipes") if name.parts[:1] == ("recipes",) else name
+        candidates += [name, RECIPES_DIR / builtin]
         if name.suffix not in (".yaml", ".yml"):
-            candidates.append(RECIPES_DIR / name.with_suffix(".yaml"))
+            candidates.append(RECIPES_DIR / builtin.with_suffix(".yaml"))
     for path in candidates:
         if path.is_file():
             return path.resolve()

@@ -148,7 +148,7 @@ def _fit_student(recipe: Recipe, run_dir: Path, key: str, module: Any, dm: IQADa
     """Fit, keep the validation-best weights, save the student, evaluate val and test once."""
     from kdiqa.evaluate import record_evaluation
     from kdiqa.trainer import fit_validation_best, merge_trainer
-    from students.student import save_student
+    from kdiqa.students.student import save_student
 
     trainer_cfg = merge_trainer(recipe.trainer, recipe.distill.fit.trainer, "distill.fit.trainer")
     best = fit_validation_best(module, dm, trainer_cfg, run_dir, f"student_{key}", recipe.distill.fit.monitor, "distill.fit.trainer")

@@ -41,8 +41,8 @@ from kdiqa.errors import ConfigError
 from kdiqa.metrics import dist_mean
 from kdiqa.registry import TEACHERS
 from kdiqa.teacher import Teacher, TeacherOutput
-from teachers.tanet.mobilenet import LAST_CHANNELS, official_mobilenet_v2_features
-from teachers.tanet.official import load_nima_mobilenet, load_official_checkpoint, load_places365_resnet18
+from kdiqa.teachers.tanet.mobilenet import LAST_CHANNELS, official_mobilenet_v2_features
+from kdiqa.teachers.tanet.official import load_nima_mobilenet, load_official_checkpoint, load_places365_resnet18
 
 TASKS = ("ava", "tad66k")
 BATCH_MODES = ("per_sample", "official")

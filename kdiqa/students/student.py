@@ -23,10 +23,10 @@ from torch import nn
 
 from kdiqa.errors import CheckpointError, ConfigError, KdiqaError
 from kdiqa.registry import STUDENTS
-from students.heads import HEADS, DistHead, OfficialMLPHead, PooledMLPHead
-from students.projectors import build_projector, normalize_spec
-from students.small_cnn import POOLS
-from students.taps import Taps
+from kdiqa.students.heads import HEADS, DistHead, OfficialMLPHead, PooledMLPHead
+from kdiqa.students.projectors import build_projector, normalize_spec
+from kdiqa.students.small_cnn import POOLS
+from kdiqa.students.taps import Taps
 
 STUDENT_CONFIG = "config.json"
 STUDENT_WEIGHTS = "model.safetensors"

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from students.small_cnn import global_pool, pooled_width
+from kdiqa.students.small_cnn import global_pool, pooled_width
 
 HEADS = ("pooled_mlp", "official_mlp", "dist")
 

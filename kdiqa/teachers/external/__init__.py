@@ -3,10 +3,10 @@
 Importing registers both; neither imports its runtime (pyiqa, onnxruntime) until a teacher is built,
 so kdiqa works without them and says in one line what to install when one is asked for.
 """
-from teachers.external.common import FeatureTaps, ScoreScale, parse_score_range
-from teachers.external.offline import Guard, MissingFileError, no_downloads
-from teachers.external.onnx_model import OnnxTeacher
-from teachers.external.pyiqa_metric import PyIQATeacher, build_metric, require_pyiqa
+from kdiqa.teachers.external.common import FeatureTaps, ScoreScale, parse_score_range
+from kdiqa.teachers.external.offline import Guard, MissingFileError, no_downloads
+from kdiqa.teachers.external.onnx_model import OnnxTeacher
+from kdiqa.teachers.external.pyiqa_metric import PyIQATeacher, build_metric, require_pyiqa
 
 __all__ = [
     "FeatureTaps",

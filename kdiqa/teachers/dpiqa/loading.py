@@ -27,7 +27,7 @@ from torch import nn
 
 from kdiqa.config.loader import resolve_packaged_path
 from kdiqa.errors import CheckpointError
-from teachers.dpiqa.presets import SD_DOWNLOAD_HINT, packaged_config_dir
+from kdiqa.teachers.dpiqa.presets import SD_DOWNLOAD_HINT, packaged_config_dir
 
 SD_CHECKPOINT_KEY = "teacher.options.sd_checkpoint"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth")

@@ -1,5 +1,5 @@
 """DP-IQA teacher (Stable Diffusion features for IQA); importing registers ``dpiqa`` in TEACHERS."""
-from teachers.dpiqa.adapters import (
+from kdiqa.teachers.dpiqa.adapters import (
     DISTORTIONS,
     PROMPT_TEMPLATE,
     QUALITIES,
@@ -9,9 +9,9 @@ from teachers.dpiqa.adapters import (
     read_prompt_embeddings,
     save_prompt_embeddings,
 )
-from teachers.dpiqa.loading import detect_family, load_stable_diffusion
-from teachers.dpiqa.model import DPIQATeacher, describe
-from teachers.dpiqa.presets import PRESET_NAMES, get_preset, packaged_config_dir
+from kdiqa.teachers.dpiqa.loading import detect_family, load_stable_diffusion
+from kdiqa.teachers.dpiqa.model import DPIQATeacher, describe
+from kdiqa.teachers.dpiqa.presets import PRESET_NAMES, get_preset, packaged_config_dir
 
 __all__ = [
     "DISTORTIONS",

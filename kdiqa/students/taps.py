@@ -19,7 +19,7 @@ import timm  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-import students.small_cnn  # noqa: E402,F401  (registers kdiqa_cnn_* in timm before any name lookup)
+import kdiqa.students.small_cnn  # noqa: E402,F401  (registers kdiqa_cnn_* in timm before any name lookup)
 from kdiqa.errors import CheckpointError, ConfigError  # noqa: E402
 
 # Prefixes a backbone state dict may carry when it was saved from a wrapper rather than timm itself.

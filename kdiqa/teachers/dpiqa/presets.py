@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from kdiqa.errors import ConfigError
-from teachers.dpiqa.adapters import DISTORTIONS, PROMPT_TEMPLATE, QUALITIES, SCENES
+from kdiqa.teachers.dpiqa.adapters import DISTORTIONS, PROMPT_TEMPLATE, QUALITIES, SCENES
 
 CONFIG_ROOT = Path(__file__).with_name("configs")
 SD_FAMILIES = ("sd15", "sd21")

@@ -47,7 +47,7 @@ from torch import nn
 from kdiqa.errors import CheckpointError, ConfigError
 from kdiqa.registry import TEACHERS
 from kdiqa.teacher import Teacher, TeacherOutput
-from teachers.dpiqa.adapters import (
+from kdiqa.teachers.dpiqa.adapters import (
     IMAGE_ADAPTER_INPUTS,
     TextAdapter,
     build_image_adapter,
@@ -57,8 +57,8 @@ from teachers.dpiqa.adapters import (
     random_prompt_embeddings,
     read_prompt_embeddings,
 )
-from teachers.dpiqa.decoder import QualityFeatureDecoder
-from teachers.dpiqa.presets import get_preset
+from kdiqa.teachers.dpiqa.decoder import QualityFeatureDecoder
+from kdiqa.teachers.dpiqa.presets import get_preset
 
 INPUT_RANGES = ("[-1,1]", "[0,1]")
 LATENT_MODES = ("mean", "sample")
@@ -179,7 +179,7 @@ class DPIQATeacher(Teacher):
             latent_stats = None
         components = None
         if sd_checkpoint is not None:
-            from teachers.dpiqa.loading import load_stable_diffusion
+            from kdiqa.teachers.dpiqa.loading import load_stable_diffusion
 
             if unet is not None or vae is not None:
                 raise ConfigError("teacher.options.unet/vae: the architecture comes from sd_checkpoint; remove unet/vae")
@@ -244,7 +244,7 @@ class DPIQATeacher(Teacher):
                 se_reduction=int(decoder_cfg["se_reduction"]),
             )
         if official_state is not None:
-            from teachers.dpiqa.official import load_official_teacher
+            from kdiqa.teachers.dpiqa.official import load_official_teacher
 
             load_official_teacher(self, official_state, official_weights)
 
@@ -279,7 +279,7 @@ class DPIQATeacher(Teacher):
         path: str, sd_checkpoint: str | None, prompt_embeddings: str | None, text_encoder: str | None, input_range: str | None
     ) -> dict[str, torch.Tensor]:
         """The released state dict (memory-mapped), after checking the options that go with it."""
-        from teachers.dpiqa.official import read_official_teacher
+        from kdiqa.teachers.dpiqa.official import read_official_teacher
 
         if sd_checkpoint is not None:
             raise ConfigError(

@@ -38,7 +38,7 @@ from kdiqa.errors import CheckpointError, ConfigError, KdiqaError
 from kdiqa.exported import METADATA_KEY, require_onnxruntime, sidecar_path
 from kdiqa.registry import TEACHERS
 from kdiqa.teacher import Teacher, TeacherOutput
-from teachers.external.common import ScoreScale, check_range_option
+from kdiqa.teachers.external.common import ScoreScale, check_range_option
 
 AT = "teacher.options"
 COLORS = ("RGB", "BGR")

@@ -18,7 +18,7 @@ folder (``unet/``, ``vae/``: config.json + safetensors), the format of a real SD
 tiny recipes load it through ``teacher.options.sd_checkpoint`` — the same code path. ``prior.json``
 records how it was made. The packaged prior was made with:
 
-    .venv/bin/python -m teachers.dpiqa.prior --out teachers/dpiqa/weights/tiny-mini
+    .venv/bin/python -m kdiqa.teachers.dpiqa.prior --out kdiqa/teachers/dpiqa/weights/tiny-mini
 """
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def pretrain_prior(
     """Pretrain a fresh tiny VAE and U-Net on ``images`` (N, 3, H, W) in [0, 1]; returns (vae, unet, log)."""
     from diffusers import DDPMScheduler
 
-    from teachers.dpiqa.model import DPIQATeacher
+    from kdiqa.teachers.dpiqa.model import DPIQATeacher
 
     if images.dim() != 4 or images.shape[1] != 3 or len(images) == 0:
         raise ConfigError(f"prior: need images of shape (N, 3, H, W), got {tuple(images.shape)}")
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     seconds = time.perf_counter() - started
     provenance = {
         "what": "tiny DP-IQA diffusion prior: VAE autoencoder + U-Net denoiser, no labels, training split only",
-        "command": "python -m teachers.dpiqa.prior " + " ".join(
+        "command": "python -m kdiqa.teachers.dpiqa.prior " + " ".join(
             [f"--out {args.out}", f"--recipe {args.recipe}", f"--vae-steps {args.vae_steps}", f"--unet-steps {args.unet_steps}",
              f"--batch-size {args.batch_size}", f"--lr {args.lr}", f"--seed {args.seed}", *args.overrides]
         ),

@@ -17,7 +17,7 @@ The folder (``model.safetensors`` + ``config.json``, what ``save_teacher`` write
 ``--out`` and moved into place, with ``provenance.json``: the command, recipe, seed, photographs,
 time, the validation curve and the final metrics. The shipped teacher was made with:
 
-    .venv/bin/python -m teachers.dpiqa.quality --out teachers/dpiqa/weights/tiny-quality
+    .venv/bin/python -m kdiqa.teachers.dpiqa.quality --out kdiqa/teachers/dpiqa/weights/tiny-quality
 """
 from __future__ import annotations
 
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     seconds = time.perf_counter() - started
     provenance = {
         "what": "tiny DP-IQA teacher fitted to the mini dataset's pseudo-MOS, from its diffusion prior",
-        "command": "python -m teachers.dpiqa.quality " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": "python -m kdiqa.teachers.dpiqa.quality " + " ".join(sys.argv[1:] if argv is None else argv),
         "seconds": round(seconds, 1),
         "threads": args.threads,
         "torch": torch.__version__,

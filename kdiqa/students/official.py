@@ -27,9 +27,9 @@ from torch import nn
 
 from kdiqa.errors import CheckpointError, ConfigError
 from kdiqa.registry import STUDENTS
-from students.heads import OfficialMLPHead
-from students.projectors import OfficialProjector, normalize_spec
-from students.student import OFFICIAL_MAP, _image_size
+from kdiqa.students.heads import OfficialMLPHead
+from kdiqa.students.projectors import OfficialProjector, normalize_spec
+from kdiqa.students.student import OFFICIAL_MAP, _image_size
 
 BACKBONES = tuple(f"efficientnet_b{i}" for i in range(8))
 OFFICIAL_PROJECTOR = {"tap": -1, "target": OFFICIAL_MAP, "shape": [8, 64, 64], "kind": "official"}

@@ -38,8 +38,8 @@ import torch
 from kdiqa.errors import CheckpointError, ConfigError, KdiqaError
 from kdiqa.registry import TEACHERS
 from kdiqa.teacher import Teacher, TeacherOutput
-from teachers.external.common import FeatureTaps, ScoreScale, check_range_option, parse_score_range
-from teachers.external.offline import Guard, MissingFileError, no_downloads
+from kdiqa.teachers.external.common import FeatureTaps, ScoreScale, check_range_option, parse_score_range
+from kdiqa.teachers.external.offline import Guard, MissingFileError, no_downloads
 
 LICENCE = "PolyForm Noncommercial 1.0.0"
 INSTALL_HINT = f"pip install 'kdiqa[pyiqa]' (pyiqa is licensed {LICENCE}: non-commercial use only)"

@@ -1,7 +1,7 @@
 """TANet theme-aware aesthetics teacher; importing registers ``tanet`` in TEACHERS."""
-from teachers.tanet.mobilenet import official_mobilenet_v2_features
-from teachers.tanet.model import BATCH_MODES, PRESETS, TASKS, TANetTeacher, ThemeBranch, describe, rgb_attention
-from teachers.tanet.official import OFFICIAL_PREFIXES, RESIDUAL_LAYERS, map_official_state, official_key
+from kdiqa.teachers.tanet.mobilenet import official_mobilenet_v2_features
+from kdiqa.teachers.tanet.model import BATCH_MODES, PRESETS, TASKS, TANetTeacher, ThemeBranch, describe, rgb_attention
+from kdiqa.teachers.tanet.official import OFFICIAL_PREFIXES, RESIDUAL_LAYERS, map_official_state, official_key
 
 __all__ = [
     "BATCH_MODES",

@@ -31,9 +31,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cache_write import ConvTeacher, make_images, sampler  # noqa: E402
 
-from kdiqa.cache import CachedViews, build_cache, cache_info  # noqa: E402
+from kdiqa.cache import CachedViews, CacheSpec, build_cache, cache_info  # noqa: E402
 from kdiqa.data.datamodule import IQADataset  # noqa: E402
 from kdiqa.data.views import ViewParams  # noqa: E402
+from kdiqa.measure import count_parameters  # noqa: E402
 
 BATCH = 64
 
@@ -107,8 +108,8 @@ def main() -> None:
         folder = Path(tmp)
         samples = make_images(folder / "images", args.images)
         path = folder / "cache.h5"
-        summary = build_cache(ConvTeacher(), samples, sampler(), path, views_per_image=args.views,
-                              features=["quality_map"], batch_size=64, progress=False)
+        spec = CacheSpec(sampler(), views_per_image=args.views, features=["quality_map"], batch_size=64)
+        summary = build_cache(spec, ConvTeacher(), samples, path, progress=False)
         info = cache_info(path)
         print(f"cache: {info['views']} views ({args.images} images × {args.views}), {info['bytes_per_view']} B/view, "
               f"{info['file_bytes'] / 2**20:.1f} MiB, written in {summary['seconds']:.1f} s")
@@ -133,7 +134,7 @@ def main() -> None:
         student_rate(student, batches[:2])  # warm-up
         timed = batches[: args.student_batches]
         rates["student training step"] = max(student_rate(student, timed) for _ in range(args.repeats))
-        params = sum(p.numel() for p in student.parameters())
+        params = count_parameters(student)
 
     width = max(len(k) for k in rates)
     print(f"student: {args.student} ({params / 1e3:.0f} k parameters), batch {BATCH}, 64 px, Adam, MSE to teacher score + MOS")

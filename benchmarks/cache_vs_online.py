@@ -42,17 +42,18 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kdiqa.bench import count_flops, machine_context  # noqa: E402
 from kdiqa.cache import CachedViews  # noqa: E402
 from kdiqa.config import load_recipe  # noqa: E402
 from kdiqa.data.datamodule import IQADataModule, make_sampler  # noqa: E402
 from kdiqa.data.mini import make_mini  # noqa: E402
 from kdiqa.distill.module import DistillModule  # noqa: E402
-from kdiqa.distill.stages import _WithTrainSet, build_student, cache_path, stage_cache  # noqa: E402
 from kdiqa.fit import MOSFitModule  # noqa: E402
+from kdiqa.measure import count_flops, count_parameters, machine_context  # noqa: E402
 from kdiqa.registry import STUDENTS, TEACHERS  # noqa: E402
 from kdiqa.run import prepare_run  # noqa: E402
-from kdiqa.teacher import save_teacher  # noqa: E402
+from kdiqa.stages import stage_cache  # noqa: E402
+from kdiqa.stages.distill import _WithTrainSet  # noqa: E402
+from kdiqa.students.base import build_student  # noqa: E402
 
 MODES = ("label-only", "cached", "online")
 SD_STUDENTS = ("efficientnet_b7", "efficientnet_b0", "mobilenetv3_large_100", "kdiqa_cnn_small")
@@ -96,7 +97,7 @@ def sd_arithmetic(size: int = 512) -> None:
     """Implied online/cached at SD-1.5 size: FLOPs only, on the meta device."""
     with torch.device("meta"):
         teacher = TEACHERS.build("dpiqa", preset="sd15").eval()
-    teacher_params = sum(p.numel() for p in teacher.parameters())
+    teacher_params = count_parameters(teacher)
     teacher_flops = count_flops(teacher, size, device="meta")
     shapes = teacher.feature_shapes(size)
     print(f"\nSD-1.5 size by FLOP arithmetic ({size}² views; meta device, FlopCounterMode):")
@@ -140,22 +141,22 @@ def main() -> None:
             f"cache.views_per_image={args.views}", f"student.options.backbone={args.student}",
             "trainer.progress_bar=false", "trainer.logger=none",
         ])
-        run_dir = prepare_run(recipe)
+        run = prepare_run(recipe)
         torch.manual_seed(0)
         teacher = TEACHERS.build(recipe.teacher.name, **recipe.teacher.options).eval()
-        save_teacher(teacher, run_dir / "teacher")
+        teacher.save_pretrained(run.teacher)
         start = time.perf_counter()
-        stage_cache(recipe, run_dir)
+        stage_cache(recipe, run)
         cache_seconds = time.perf_counter() - start
 
         dm = IQADataModule(recipe.data, recipe.views)
         dm.setup()
         cached_views = CachedViews(
-            cache_path(recipe, run_dir), dm.splits["train"], make_sampler(recipe.views, train=True),
+            run.cache, dm.splits["train"], make_sampler(recipe.views, train=True),
             views=recipe.cache.epoch_views, features=sorted({p.target for p in recipe.distill.features}),
         )
         torch.manual_seed(0)
-        initial = build_student(recipe, cached_views.feature_shapes())
+        initial = build_student(recipe.student, recipe.views.size, recipe.distill.features, cached_views.feature_shapes())
         loaders = {
             "label-only": dm.train_dataloader(),
             "cached": _WithTrainSet(dm, cached_views).train_dataloader(),
@@ -178,8 +179,8 @@ def main() -> None:
             print(f"# round {r + 1}/{args.rounds}{' (warm-up)' if r == 0 else ''} done", flush=True)
 
         size = recipe.views.size
-        student_params = sum(p.numel() for p in initial.parameters())
-        teacher_params = sum(p.numel() for p in teacher.parameters())
+        student_params = count_parameters(initial)
+        teacher_params = count_parameters(teacher)
         t_flops = count_flops(teacher, size)
         s_step = train_step_flops(copy.deepcopy(initial), size)
         n = len(cached_views)

@@ -27,12 +27,15 @@ from torch import nn
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kdiqa.cache import build_cache  # noqa: E402
-from kdiqa.cache import writer as W  # noqa: E402
+from kdiqa.cache import CacheSpec, build_cache  # noqa: E402
+from kdiqa.cache import partial as P  # noqa: E402
+from kdiqa.cache.loop import BlockViews, CacheRun  # noqa: E402
 from kdiqa.cache.plan import CachePlan  # noqa: E402
+from kdiqa.cache.progress import printer  # noqa: E402
 from kdiqa.data.sample import IQASample  # noqa: E402
 from kdiqa.data.views import ViewSampler  # noqa: E402
-from kdiqa.teacher import Teacher, TeacherOutput  # noqa: E402
+from kdiqa.measure import count_parameters  # noqa: E402
+from kdiqa.teachers.base import Teacher, TeacherOutput  # noqa: E402
 
 VIEW_SIZE = 64
 
@@ -85,18 +88,21 @@ def sampler() -> ViewSampler:
     return ViewSampler(VIEW_SIZE, train=True, scale=(0.25, 1.0), ratio=(0.75, 1.33), flip=True)
 
 
+def spec(views: int, batch: int) -> CacheSpec:
+    return CacheSpec(sampler(), views_per_image=views, features=["quality_map"], batch_size=batch)
+
+
 def render_batches(samples: list[IQASample], views: int, batch: int) -> list[dict]:
     plan = CachePlan(len(samples), views, batch)
-    return [W._BlockViews(samples, sampler(), plan, plan.blocks(), 0, True)[j] for j in range(len(plan.blocks()))]
+    return [BlockViews(samples, spec(views, batch), plan, plan.blocks())[j] for j in range(len(plan.blocks()))]
 
 
-def _run(teacher: Teacher, samples: list[IQASample], views: int, batch: int, partial: Path) -> W._Run:
-    """The writer's own machinery (its private parts: a benchmark may look inside)."""
+def _run(teacher: Teacher, samples: list[IQASample], views: int, batch: int, partial: Path) -> CacheRun:
+    """The writer's own machinery (its inner parts: a benchmark may look inside)."""
     if partial.exists():
         partial.unlink()
-    return W._Run(teacher=teacher, samples=samples, sampler=sampler(), plan=CachePlan(len(samples), views, batch),
-                  partial=partial, seed=0, first_view_eval=True, features=["quality_map"], pool={}, dtype="float16",
-                  fingerprints={}, max_feature_bytes=1 << 20, say=W._Printer(False))
+    plan = CachePlan(len(samples), views, batch)
+    return CacheRun(spec(views, batch), teacher, samples, plan, partial, {}, printer(False))
 
 
 def in_memory(teacher: Teacher, samples: list[IQASample], batches: list[dict], views: int, folder: Path,
@@ -117,11 +123,11 @@ def in_memory(teacher: Teacher, samples: list[IQASample], batches: list[dict], v
                     start = time.perf_counter()
                     out = teacher(b["images"])
                     if side == "stored":
-                        arrays = run._targets(out, b)
+                        arrays = run.arrays(out, b)
                         if sink is None:
-                            run._create(arrays)
-                            sink = W._Sink(run.partial)
-                        W._write_batch(sink, b, arrays)  # rewriting a batch stores the same bytes again
+                            P.create(run.partial, run.fingerprints, run.meta(arrays), arrays)
+                            sink = P.Sink(run.partial)
+                        P.write_batch(sink, b, arrays)  # rewriting a batch stores the same bytes again
                     best[side] = min(best[side], time.perf_counter() - start)
             forward += best["forward"]
             stored += best["stored"]
@@ -137,11 +143,11 @@ def store_only(teacher: Teacher, samples: list[IQASample], batches: list[dict], 
     start = time.perf_counter()
     sink = None
     for out, b in zip(outs, batches, strict=True):
-        arrays = run._targets(out, b)
+        arrays = run.arrays(out, b)
         if sink is None:
-            run._create(arrays)
-            sink = W._Sink(run.partial)
-        W._write_batch(sink, b, arrays)
+            P.create(run.partial, run.fingerprints, run.meta(arrays), arrays)
+            sink = P.Sink(run.partial)
+        P.write_batch(sink, b, arrays)
     sink.close()
     return time.perf_counter() - start
 
@@ -150,7 +156,7 @@ def end_to_end(teacher: Teacher, samples: list[IQASample], views: int, batch: in
                first_bare: bool) -> tuple[float, float]:
     """(decode + views + forward, build_cache) seconds for the same views."""
     plan = CachePlan(len(samples), views, batch)
-    blocks = W._BlockViews(samples, sampler(), plan, plan.blocks(), 0, True)
+    blocks = BlockViews(samples, spec(views, batch), plan, plan.blocks())
     path = folder / "e2e.h5"
 
     def run_bare() -> float:
@@ -164,8 +170,7 @@ def end_to_end(teacher: Teacher, samples: list[IQASample], views: int, batch: in
         if path.exists():
             path.unlink()
         start = time.perf_counter()
-        build_cache(teacher, samples, sampler(), path, views_per_image=views, features=["quality_map"],
-                    batch_size=batch, progress=False)
+        build_cache(spec(views, batch), teacher, samples, path, progress=False)
         return time.perf_counter() - start
 
     if first_bare:
@@ -186,7 +191,7 @@ def bench(kind: str, samples: list[IQASample], views: int, batch: int, repeats: 
     own = min(store_only(teacher, samples, batches, views, folder) for _ in range(repeats))
     e2e = [end_to_end(teacher, samples, views, batch, folder, first_bare=r % 2 == 0) for r in range(repeats)]
     bare, cached = (min(x) for x in zip(*e2e, strict=True))
-    params = sum(p.numel() for p in teacher.parameters())
+    params = count_parameters(teacher)
     print(f"\nteacher {kind} ({params / 1e6:.2f} M parameters), {n} views of {VIEW_SIZE} px, batch {batch}, "
           f"quality_map 8×16×16 fp16 (4096 B/view), best of {repeats}")
     print(f"  forward alone            {fwd:7.3f} s  ({1000 * fwd / n:6.2f} ms/view)")

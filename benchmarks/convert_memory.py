@@ -45,7 +45,7 @@ def official_layout(seed: int = 0) -> dict[str, Any]:
     from kdiqa.teachers.dpiqa.official import NOT_IN_FILE, rules_for
 
     with torch.device("meta"):
-        teacher = DPIQATeacher(preset="sd15", prompt_embeddings="random")
+        teacher = DPIQATeacher(preset="sd15")
     inverse = [(t, s) for s, t in rules_for(teacher)]
     shapes = {rename(k, inverse): tuple(v.shape) for k, v in teacher.state_dict().items() if k not in NOT_IN_FILE}
     width = teacher.config["decoder"]["width"]
@@ -91,7 +91,7 @@ def write_inputs(work: Path, images: int) -> None:
     import torch
     from PIL import Image
 
-    from kdiqa.bench import machine_context
+    from kdiqa.measure import machine_context
 
     print("# " + "; ".join(f"{k}: {v}" for k, v in machine_context().items()))
     start = time.perf_counter()

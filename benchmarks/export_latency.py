@@ -14,13 +14,10 @@ torch and onnxruntime so they compete on equal terms.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
 import sys
 import tempfile
-import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -28,33 +25,23 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kdiqa import load_student  # noqa: E402
 from kdiqa.export import export_student  # noqa: E402
 from kdiqa.exported import OnnxModel, TorchScriptModel  # noqa: E402
+from kdiqa.measure import count_parameters, machine_context, percentile, time_interleaved  # noqa: E402
 from kdiqa.registry import STUDENTS  # noqa: E402
-from kdiqa.students.student import save_student  # noqa: E402
+from kdiqa.students.base import Student  # noqa: E402
 
 RUNTIMES = ("eager", "torchscript", "onnxruntime")
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def prepare(backbone: str, size: int, folder: Path, threads: int) -> tuple[dict, dict]:
     torch.manual_seed(0)
     student = STUDENTS.build("timm", backbone=backbone, image_size=size)
-    params = student.num_parameters()
-    save_student(student, folder)
+    params = count_parameters(student)
+    student.save_pretrained(folder)
     ts = export_student(folder, "torchscript", out=folder / "m.pt", dynamic_batch=True)
     onnx = export_student(folder, "onnx", out=folder / "m.onnx", dynamic_batch=True)
-    eager = load_student(folder).eval()
+    eager = Student.from_pretrained(folder)
     runners = {
         "eager": lambda x: eager(x)["score"],
         "torchscript": TorchScriptModel(folder / "m.pt"),
@@ -66,22 +53,11 @@ def prepare(backbone: str, size: int, folder: Path, threads: int) -> tuple[dict,
 
 @torch.inference_mode()
 def time_runtimes(runners: dict, x: torch.Tensor, repeats: int, warmup: int = 3) -> dict[str, list[float]]:
-    """Milliseconds per call, interleaved: round r times every runtime once."""
-    for _ in range(warmup):  # TorchScript's profiling executor optimises over its first calls
-        for run in runners.values():
-            run(x)
-    times: dict[str, list[float]] = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run(x)
-            times[name].append((time.perf_counter() - start) * 1000)
-    return times
-
-
-def quantile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+    """Milliseconds per call, interleaved (kdiqa.measure.time_interleaved). The warm-up matters:
+    TorchScript's profiling executor optimises over its first calls."""
+    calls = {name: (lambda run=run: run(x)) for name, run in runners.items()}
+    times = time_interleaved(calls, dict.fromkeys(runners, repeats), dict.fromkeys(runners, warmup))
+    return {name: [1000 * t for t in ts] for name, ts in times.items()}
 
 
 def main() -> None:
@@ -95,8 +71,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     import onnxruntime
 
-    print(f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; {cpu_name()}, {os.cpu_count()} logical CPUs, "
-          f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
+    context = machine_context()
+    print(f"# {context['date']}; {context['cpu']}, load average {context['load average']}")
     print(f"# python {platform.python_version()}, torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, "
           f"threads {args.threads}, size {args.size}, {args.repeats} interleaved repeats, median ms (p10-p90)")
     header = f"{'backbone':<24}{'batch':>6}" + "".join(f"{r:>24}" for r in RUNTIMES) + f"{'TS speed-up':>13}{'ORT speed-up':>14}"
@@ -109,7 +85,7 @@ def main() -> None:
                 times = time_runtimes(runners, x, args.repeats)
                 med = {name: statistics.median(t) for name, t in times.items()}
                 cells = "".join(
-                    f"{f'{med[r]:.1f} ({quantile(times[r], 0.1):.1f}-{quantile(times[r], 0.9):.1f})':>24}" for r in RUNTIMES
+                    f"{f'{med[r]:.1f} ({percentile(times[r], 10):.1f}-{percentile(times[r], 90):.1f})':>24}" for r in RUNTIMES
                 )
                 print(f"{backbone:<24}{batch:>6}{cells}{med['eager'] / med['torchscript']:>12.2f}x{med['eager'] / med['onnxruntime']:>13.2f}x", flush=True)
             print(f"#   {backbone}: {info['params'] / 1e6:.2f} M parameters; export parity max |diff| "

@@ -29,8 +29,8 @@ from torch.utils.data import DataLoader
 
 from kdiqa.config import load_recipe
 from kdiqa.data.datamodule import IQADataModule
-from kdiqa.distill.stages import load_model
 from kdiqa.metrics import srcc
+from kdiqa.models import load_model
 from kdiqa.registry import TEACHERS
 
 LAMBDAS = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)

@@ -31,9 +31,8 @@ from typing import Any
 
 from kdiqa.config import load_recipe
 from kdiqa.data.mini import PHOTO_KINDS, load_photographs, split_photographs
-from kdiqa.distill.stages import stage_baseline, stage_cache, stage_distill
 from kdiqa.run import prepare_run
-from kdiqa.stages import stage_eval
+from kdiqa.stages import stage_baseline, stage_cache, stage_distill, stage_eval
 
 
 def photograph_folds(seed: int = 0) -> list[dict[str, list[str]]]:
@@ -97,14 +96,14 @@ def main() -> None:
             print(f"{tag}: done earlier", flush=True)
             continue
         recipe = load_recipe(args.recipe, overrides)
-        run_dir = prepare_run(recipe)
+        run = prepare_run(recipe)
         started = time.perf_counter()
         if fold not in teachers:
-            teachers[fold] = stage_eval(recipe, run_dir)["test"]
-        stage_cache(recipe, run_dir)
-        kd = stage_distill(recipe, run_dir)["test"]
+            teachers[fold] = stage_eval(recipe, run)["test"]
+        stage_cache(recipe, run)
+        kd = stage_distill(recipe, run)["test"]
         if (fold, seed) not in baselines:
-            baselines[(fold, seed)] = stage_baseline(recipe, run_dir)["test"]
+            baselines[(fold, seed)] = stage_baseline(recipe, run)["test"]
         base_test = baselines[(fold, seed)]
         row = {"fold": fold, "seed": seed, "pool": pool, "pool_multiple": multiple, "photographs": folds[fold],
                "teacher": teachers[fold], "kd": kd, "label_only": base_test, "seconds": time.perf_counter() - started}

@@ -8,11 +8,12 @@ A yardstick for the tiny DP-IQA teacher and the quickstart students, in two part
    chosen on val. No training loop: it shows how learnable the labels are. ``--steps 0`` stops here,
    so it is cheap to repeat over ``--data-seed`` 0–4 (each seed is its own photograph split).
 2. A plain convolutional network
-(the DESIGN prototype's recipe — raw RGB *and* its local contrast normalisation in, six 3×3 conv
-layers, mean/max/min pooling, MSE + pairwise ranking loss, Adam with cosine decay, batch 64, random
-flips) trained on the mini training split, evaluated on val and test every ``--eval-every`` steps, with
-the process CPU time beside each row. The mini test split holds three photographs, so its SRCC moves
-by several hundredths between neighbouring checkpoints; read the trend, not one row.
+(the recipe ``kdiqa_cnn_small`` was designed from, :mod:`kdiqa.students.small_cnn` — raw RGB *and*
+its local contrast normalisation in, six 3×3 conv layers, mean/max/min pooling, MSE + pairwise ranking
+loss, Adam with cosine decay, batch 64, random flips) trained on the mini training split, evaluated on
+val and test every ``--eval-every`` steps, with the process CPU time beside each row. The mini test
+split holds three photographs, so its SRCC moves by several hundredths between neighbouring
+checkpoints; read the trend, not one row.
 
     .venv/bin/python benchmarks/mini_reference.py --steps 1000 --threads 1
     for s in 0 1 2 3 4; do .venv/bin/python benchmarks/mini_reference.py --steps 0 --data-seed $s; done
@@ -30,6 +31,7 @@ from feature_probe import ridge_probe  # a sibling script: benchmarks/ is on sys
 from PIL import Image
 from torch import nn
 
+from kdiqa.measure import count_parameters
 from kdiqa.metrics import srcc
 from kdiqa.registry import DATASETS
 from kdiqa.teachers.dpiqa.adapters import local_contrast_normalise
@@ -122,7 +124,7 @@ def main() -> None:
     optimiser = torch.optim.Adam(model.parameters(), args.lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * min(1.0, s / args.steps))))
     generator = torch.Generator().manual_seed(args.seed)
-    print(f"reference CNN: {sum(p.numel() for p in model.parameters()):,} parameters, {args.threads} thread(s)")
+    print(f"reference CNN: {count_parameters(model):,} parameters, {args.threads} thread(s)")
     print("| step | val SRCC | test SRCC | train CPU s |\n|---|---|---|---|")
 
     @torch.no_grad()

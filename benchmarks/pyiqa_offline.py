@@ -40,6 +40,7 @@ def off_switches(pyiqa_configs: dict, name: str) -> dict:
 
 def attempt(name: str, hub: str, options: dict) -> str:
     from kdiqa.errors import KdiqaError
+    from kdiqa.measure import count_parameters
     from kdiqa.registry import TEACHERS
     from kdiqa.teachers.external import MissingFileError
 
@@ -48,7 +49,7 @@ def attempt(name: str, hub: str, options: dict) -> str:
         teacher = TEACHERS.build("pyiqa", metric=name, hub_dir=hub, metric_options=options)
         with torch.no_grad():
             teacher(torch.rand(2, 3, 224, 224))
-        params = sum(p.numel() for p in teacher.parameters()) / 1e6
+        params = count_parameters(teacher) / 1e6
         return f"builds and scores offline ({params:.1f} M parameters, {time.perf_counter() - start:.1f} s)"
     except MissingFileError as exc:
         text = str(exc).split(" and kdiqa never downloads")[0].replace(f"pyiqa metric {name!r} ", "")

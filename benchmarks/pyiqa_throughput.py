@@ -38,7 +38,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kdiqa.bench import machine_context  # noqa: E402
+from kdiqa.measure import count_parameters, machine_context  # noqa: E402
 
 DEFAULT_OPTIONS = {"topiq_nr": {"pretrained": False, "backbone_pretrain": False}, "cnniqa": {"pretrained": None},
                    "musiq": {"pretrained": False}, "wadiqam_nr": {"pretrained": False}}
@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
-    from kdiqa.cache import build_cache
+    from kdiqa.cache import CacheSpec, build_cache
     from kdiqa.data.sample import IQASample
     from kdiqa.data.views import ViewSampler
     from kdiqa.errors import KdiqaError
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             import h5py
 
             out = folder / "cache.h5"
-            build_cache(teacher, samples, sampler, out, views_per_image=1, features=[], batch_size=args.batch,
+            build_cache(CacheSpec(sampler, features=[], batch_size=args.batch), teacher, samples, out,
                         device="cpu", progress=False, force=True)
             with h5py.File(out, "r") as f:
                 scores = np.asarray(f["teacher/score"])
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     context = machine_context()
     print(f"# {context['date']}; {context['cpu']}, load average {context['load average']}")
     print(f"# python {context['python']}, torch {context['torch']}, pyiqa {pyiqa.__version__}, threads {args.threads}")
-    params = sum(p.numel() for p in metric.net.parameters())
+    params = count_parameters(metric.net)
     print(f"# metric {args.metric} ({params / 1e6:.1f} M parameters, options {options}), {args.images} images of "
           f"{args.size}x{args.size}, kdiqa batch {args.batch}, {args.rounds} interleaved rounds, median (min-max)")
     rates = {}

@@ -20,7 +20,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from kdiqa.bench import machine_context  # noqa: E402
+from kdiqa.measure import machine_context  # noqa: E402
 
 # name: (what it measures, full arguments, quick arguments)
 BENCHMARKS: dict[str, tuple[str, list[str], list[str]]] = {

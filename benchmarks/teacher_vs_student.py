@@ -6,7 +6,7 @@
 The teacher is DP-IQA in its ``sd15`` configuration (Stable Diffusion 1.5 VAE + U-Net, T2I adapter,
 quality decoder) with random weights: speed does not depend on the weights' values. Students are timm
 backbones with the pooled-MLP score head, random weights. Everything runs at batch 1 on the CPU, timed
-in interleaved rounds (kdiqa.bench.time_interleaved) after warm-up; a 512² teacher forward takes tens
+in interleaved rounds (kdiqa.measure.time_interleaved) after warm-up; a 512² teacher forward takes tens
 of seconds here, so it gets few repeats (``--teacher-repeats``) and one warm-up. FLOPs are counted with
 FlopCounterMode; the teacher's on the meta device (no compute). Printed side by side: parameters,
 GFLOPs, median latency (p10-p90) and the teacher/student ratios. Goal: students >= 100x faster.
@@ -24,7 +24,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kdiqa.bench import count_flops, machine_context, percentile, time_interleaved  # noqa: E402
+from kdiqa.measure import count_flops, count_parameters, forward_call, machine_context, percentile, time_interleaved  # noqa: E402
 from kdiqa.registry import STUDENTS, TEACHERS  # noqa: E402
 
 
@@ -61,7 +61,7 @@ def main() -> None:
     models[teacher_name] = TEACHERS.build("dpiqa", preset=args.preset).eval()
     print(f"# built the {teacher_name} teacher (random weights) in {time.perf_counter() - start:.0f} s", flush=True)
 
-    params = {k: sum(p.numel() for p in m.parameters()) for k, m in models.items()}
+    params = {k: count_parameters(m) for k, m in models.items()}
     flops = {k: count_flops(m, size) for k, m in models.items() if k != teacher_name}
     with torch.device("meta"):
         meta_teacher = TEACHERS.build("dpiqa", preset=args.preset).eval()
@@ -70,14 +70,7 @@ def main() -> None:
 
     images = torch.rand(1, 3, size, size)
 
-    def forward(model: torch.nn.Module):
-        def call() -> None:
-            with torch.inference_mode():
-                model(images)
-
-        return call
-
-    calls = {k: forward(m) for k, m in models.items()}
+    calls = {k: forward_call(m, images) for k, m in models.items()}
     repeats = {k: args.teacher_repeats if k == teacher_name else args.repeats for k in models}
     warmup = {k: 1 if k == teacher_name else 2 for k in models}
     start = time.perf_counter()

@@ -25,7 +25,6 @@ import csv
 import io
 import os
 import random
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +36,7 @@ from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from kdiqa.errors import CheckpointError
+from kdiqa.errors import CheckpointError, first_line
 from kdiqa.io import atomic_path
 
 CHECKPOINT = "a training checkpoint"
@@ -45,9 +44,8 @@ CHECKPOINT = "a training checkpoint"
 
 def checkpoint_error(path: str | os.PathLike, exc: BaseException) -> CheckpointError:
     """One line for a checkpoint that cannot be read, with the way out."""
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return CheckpointError(
-        f"{path}: cannot read this training checkpoint ({type(exc).__name__}: {first[:160]}); it is damaged "
+        f"{path}: cannot read this training checkpoint ({type(exc).__name__}: {first_line(exc, with_type=False)[:160]}); it is damaged "
         "(e.g. a disk filled up while it was written by an older kdiqa): delete it to train this stage from the start"
     )
 
@@ -203,9 +201,8 @@ class LatestCheckpoint(Callback):
     and a fit resuming from it simply continues from there (:func:`resume_between_epochs`).
     """
 
-    def __init__(self, path: str | os.PathLike, after_save: Callable[[], None] | None = None) -> None:
+    def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
-        self.after_save = after_save
         self._first_epoch_of_this_fit = True
         self._saving = False
 
@@ -243,8 +240,6 @@ class LatestCheckpoint(Callback):
             self._saving = False
         for logger in trainer.loggers:
             logger.save()  # the file on disk follows the checkpoint's history
-        if self.after_save is not None:
-            self.after_save()
 
 
 def resume_between_epochs(trainer: pl.Trainer) -> None:

@@ -2,7 +2,7 @@
 
 Third-party libraries print much a kdiqa user cannot act on: Lightning's hardware summary and its
 LitLogger advertisement, "N modules in eval mode" (kdiqa freezes parts of its teachers on purpose),
-the "not many workers" hint (wrong for small models on few cores, see recipes/dpiqa/tiny.yaml), the
+the "not many workers" hint (wrong for small models on few cores, see kdiqa/recipes/dpiqa/tiny.yaml), the
 deprecation notices one library raises about another (a pytree API, inside Lightning), and
 diffusers' or transformers' advice. :func:`setup_console` silences exactly that chatter and prints
 the warnings that remain on one line each; ``--verbose`` leaves every library as it is.

@@ -1,7 +1,7 @@
 """``kdiqa convert``: released DP-IQA files → kdiqa folders (``model.safetensors`` + ``config.json``).
 
 Why convert once: the released teacher is a 4.3 GB ``.pth`` that needs a separate prompt-embedding file
-and a key map at every load; the folder this writes is what ``load_teacher``/``load_student``,
+and a key map at every load; the folder this writes is what ``from_pretrained`` (``kdiqa.models.load_model``),
 ``teacher.checkpoint``, ``kdiqa eval``/``cache``/``predict --model`` already read — safetensors, no
 pickle, no Stable Diffusion checkpoint, no text encoder.
 
@@ -22,6 +22,9 @@ from typing import Any
 
 from kdiqa.errors import CheckpointError, ConfigError
 from kdiqa.io import atomic_folder
+from kdiqa.modeling import ModelMixin
+from kdiqa.students.official import OfficialStudent
+from kdiqa.teachers.dpiqa.model import DPIQATeacher
 
 KINDS = ("dpiqa-official", "dpiqa-official-student")
 
@@ -46,22 +49,13 @@ def convert(
                 "convert dpiqa-official: the released teacher holds no prompt embeddings; pass --prompt-embeddings "
                 "quality_embeddings.pth (the official 1485 x 768 CLIP ViT-L/14 text features)"
             )
-        from kdiqa.teacher import save_teacher
-        from kdiqa.teachers.dpiqa import DPIQATeacher
-
         options = dict(teacher_options or {})
         options.setdefault("preset", "sd15")
-        model = DPIQATeacher(official_weights=str(source), prompt_embeddings=str(prompt_embeddings), **options)
-        with atomic_folder(out, force) as tmp:
-            save_teacher(model, tmp)
+        model: ModelMixin = DPIQATeacher.from_official(source, prompt_embeddings=str(prompt_embeddings), **options)
         what = "teacher"
     else:
-        from kdiqa.students.official import OfficialStudent
-        from kdiqa.students.student import save_student
-
-        model = OfficialStudent(weights=str(source), **(student_options or {}))
-        with atomic_folder(out, force) as tmp:
-            save_student(model, tmp)
-        what = "student"
+        model, what = OfficialStudent.from_released(source, **(student_options or {})), "student"
+    with atomic_folder(out, force) as tmp:
+        model.save_pretrained(tmp)
     params = sum(p.numel() for p in model.parameters())
     return {"kind": kind, "model": what, "out": str(out), "parameters": params, "source": str(source)}

@@ -1,7 +1,6 @@
 """Score a model over a split and report the field's metrics, outside any training loop."""
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,12 +10,10 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from kdiqa.data.datamodule import IQADataModule
-from kdiqa.fit import predicted_score
+from kdiqa.io import write_json
+from kdiqa.measure import default_device, predicted_score
 from kdiqa.metrics import iqa_metrics
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+from kdiqa.run import RunDir
 
 
 @torch.no_grad()
@@ -48,15 +45,12 @@ def evaluate_splits(model: nn.Module, dm: IQADataModule, splits: tuple[str, ...]
     return results
 
 
-def record_evaluation(model: nn.Module, dm: IQADataModule, run_dir: Path, key: str, checkpoint: str) -> dict[str, Any]:
+def record_evaluation(model: nn.Module, dm: IQADataModule, run: RunDir, key: str, checkpoint: str) -> dict[str, Any]:
     """Evaluate a fitted model on val and test once; store its metrics (``metrics.json[key]``) and
     predictions (``predictions/<key>.json``) in the run folder. Returns the summary."""
-    from kdiqa.io import write_json
-    from kdiqa.run import update_metrics
-
     results = evaluate_splits(model, dm)
     summary: dict[str, Any] = {split: r["metrics"] for split, r in results.items()}
     summary["checkpoint"] = checkpoint
-    update_metrics(run_dir, key, summary)
-    write_json(run_dir / "predictions" / f"{key}.json", {s: {"pred": r["pred"], "mos": r["mos"]} for s, r in results.items()})
+    run.update_metrics(key, summary)
+    write_json(run.predictions(key), {s: {"pred": r["pred"], "mos": r["mos"]} for s, r in results.items()})
     return summary

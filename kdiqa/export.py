@@ -22,10 +22,11 @@ and needing only ``onnx``) or ``dynamo`` (torch.export-based; needs ``onnxscript
 """
 from __future__ import annotations
 
+import json
 import sys
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from kdiqa.errors import KdiqaError
+from kdiqa import __version__
+from kdiqa.data.views import ViewSampler
+from kdiqa.errors import KdiqaError, first_line
 from kdiqa.exported import INSTALL_HINT, METADATA_KEY, TORCHSCRIPT_METADATA, OnnxModel, TorchScriptModel, sidecar_path
+from kdiqa.io import atomic_path, write_json
+from kdiqa.students.base import Student
 
 FORMATS = ("onnx", "torchscript")
 EXPORTERS = ("legacy", "dynamo")
@@ -70,10 +75,6 @@ class ScoreGraph(nn.Module):
         return (out["score"], out["dist"]) if self.has_dist else (out["score"],)
 
 
-def default_out(checkpoint: str | Path, fmt: str) -> Path:
-    return Path(checkpoint) / DEFAULT_NAMES[fmt]
-
-
 def export_student(
     checkpoint: str | Path,
     fmt: str = "onnx",
@@ -85,9 +86,6 @@ def export_student(
     tolerance: float = TOLERANCE,
 ) -> dict[str, Any]:
     """Export the student saved in ``checkpoint``, verify it, write it and its JSON sidecar; returns the sidecar dict."""
-    from kdiqa import __version__, load_student
-    from kdiqa.io import atomic_path, write_json
-
     if fmt not in FORMATS:
         raise ExportError(f"export: unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
     if exporter not in EXPORTERS:
@@ -98,8 +96,8 @@ def export_student(
         raise ExportError(f"export: tolerance must be a non-negative number, got {tolerance}")
     if fmt == "onnx":
         _require_onnx(exporter)
-    student = load_student(checkpoint).float().eval()
-    out = Path(out) if out is not None else default_out(checkpoint, fmt)
+    student = Student.from_pretrained(checkpoint).float()
+    out = Path(out) if out is not None else Path(checkpoint) / DEFAULT_NAMES[fmt]
     size = _hw(student.config["image_size"])
     graph = ScoreGraph(student).eval()
     outputs = ["score", "dist"] if graph.has_dist else ["score"]
@@ -192,25 +190,14 @@ def _export_onnx(graph: nn.Module, path: Path, size: tuple[int, int], outputs: l
         if dynamic_batch:
             kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=4096)},)
     try:
-        with _quiet_exporters(), _stdout_to_stderr():
+        with _quiet_exporters(), redirect_stdout(sys.stderr):  # the dynamo exporter prints progress; stdout is for results
             torch.onnx.export(graph, (example,), str(path), **kwargs)
         model = onnx.load(str(path))
         onnx.checker.check_model(model)
     except KdiqaError:
         raise
     except Exception as exc:
-        raise ExportError(f"{meta['source']}: ONNX export failed ({type(exc).__name__}: {_first_line(exc)})") from None
-
-
-@contextmanager
-def _stdout_to_stderr() -> Iterator[None]:
-    """The dynamo exporter prints progress to stdout; keep stdout for results."""
-    saved = sys.stdout
-    sys.stdout = sys.stderr
-    try:
-        yield
-    finally:
-        sys.stdout = saved
+        raise ExportError(f"{meta['source']}: ONNX export failed ({first_line(exc)})") from None
 
 
 @torch.no_grad()
@@ -223,13 +210,11 @@ def _export_torchscript(graph: nn.Module, path: Path, size: tuple[int, int], dyn
             frozen = torch.jit.freeze(traced)  # folds batch norms and constants: a smaller, faster graph
             torch.jit.save(frozen, str(path))
     except Exception as exc:
-        raise ExportError(f"{meta['source']}: TorchScript export failed ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise ExportError(f"{meta['source']}: TorchScript export failed ({first_line(exc)})") from None
 
 
 def _write_meta(path: Path, fmt: str, meta: dict[str, Any]) -> None:
     """Embed the sidecar's content in the file, so the file alone is enough to predict with."""
-    import json
-
     text = json.dumps(meta, sort_keys=True)
     if fmt == "onnx":
         import onnx
@@ -243,11 +228,6 @@ def _write_meta(path: Path, fmt: str, meta: dict[str, Any]) -> None:
         with _quiet_exporters():
             module = torch.jit.load(str(path), map_location="cpu")
             torch.jit.save(module, str(path), _extra_files={TORCHSCRIPT_METADATA: text})
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else ""
 
 
 def parity_inputs(size: tuple[int, int], batch: int | None, n_random: int = 8) -> list[tuple[str, torch.Tensor]]:
@@ -276,8 +256,6 @@ def real_images(size: tuple[int, int]) -> torch.Tensor | None:
     try:
         import skimage.data
         from PIL import Image
-
-        from kdiqa.data.views import ViewSampler
     except ImportError:
         return None
     sampler = ViewSampler(size, train=False)

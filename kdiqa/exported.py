@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from kdiqa.errors import CheckpointError, KdiqaError
+from kdiqa.errors import CheckpointError, KdiqaError, first_line
+from kdiqa.io import read_json
 
 ONNX_SUFFIXES = (".onnx",)
 TORCHSCRIPT_SUFFIXES = (".pt", ".pth", ".ts")
@@ -41,10 +42,6 @@ def exported_format(path: str | Path) -> str | None:
     return None
 
 
-def is_exported_file(path: str | Path) -> bool:
-    return exported_format(path) is not None
-
-
 def sidecar_path(path: str | Path) -> Path:
     """``model.onnx`` → ``model.onnx.json``: unambiguous when ONNX and TorchScript files share a folder."""
     path = Path(path)
@@ -57,11 +54,6 @@ def require_onnxruntime() -> Any:
     except ImportError:
         raise KdiqaError(f"onnxruntime is not installed; it is needed to run ONNX models ({INSTALL_HINT})") from None
     return onnxruntime
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 class ExportedModel:
@@ -132,7 +124,7 @@ class OnnxModel(ExportedModel):
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=chosen)
         except Exception as exc:  # corrupt/foreign files raise several onnxruntime exception types
-            raise CheckpointError(f"{path}: onnxruntime cannot load this model ({_first_line(exc)})") from None
+            raise CheckpointError(f"{path}: onnxruntime cannot load this model ({first_line(exc)})") from None
         self.input_name = self.session.get_inputs()[0].name
         self.output_names = [o.name for o in self.session.get_outputs()]
         meta = _onnx_metadata(self.session, path)
@@ -142,7 +134,7 @@ class OnnxModel(ExportedModel):
         try:
             return self.session.run(self.output_names, {self.input_name: images})
         except Exception as exc:
-            raise KdiqaError(f"{self.path}: onnxruntime failed on input {tuple(images.shape)} ({_first_line(exc)})") from None
+            raise KdiqaError(f"{self.path}: onnxruntime failed on input {tuple(images.shape)} ({first_line(exc)})") from None
 
 
 class TorchScriptModel(ExportedModel):
@@ -158,7 +150,7 @@ class TorchScriptModel(ExportedModel):
                 self.module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
         except Exception as exc:
             raise CheckpointError(
-                f"{path}: not a TorchScript model ({_first_line(exc)}); to predict with a saved student, pass its folder"
+                f"{path}: not a TorchScript model ({first_line(exc)}); to predict with a saved student, pass its folder"
             ) from None
         self.module.eval()
         meta = _parse_meta(extra[TORCHSCRIPT_METADATA], path) if extra[TORCHSCRIPT_METADATA] else _sidecar(path)
@@ -169,7 +161,7 @@ class TorchScriptModel(ExportedModel):
         try:
             out = self.module(torch.from_numpy(images))
         except Exception as exc:
-            raise KdiqaError(f"{self.path}: TorchScript model failed on input {tuple(images.shape)} ({_first_line(exc)})") from None
+            raise KdiqaError(f"{self.path}: TorchScript model failed on input {tuple(images.shape)} ({first_line(exc)})") from None
         outputs = out if isinstance(out, (tuple, list)) else (out,)
         return [o.numpy() for o in outputs]
 
@@ -201,8 +193,6 @@ def _sidecar(path: Path) -> dict[str, Any]:
     side = sidecar_path(path)
     if not side.is_file():
         return {}
-    from kdiqa.io import read_json
-
     meta = read_json(side)
     if not isinstance(meta, dict):
         raise CheckpointError(f"{side}: not a kdiqa export description (expected a JSON object)")

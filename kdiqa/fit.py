@@ -6,7 +6,6 @@ checkpoint is chosen on the validation split and evaluated once on test, never p
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -17,26 +16,8 @@ from torch import nn
 from kdiqa.config.schema import FitConfig, OptimConfig
 from kdiqa.errors import ConfigError
 from kdiqa.losses import WeightedLoss
+from kdiqa.measure import predicted_dist, predicted_score
 from kdiqa.metrics import iqa_metrics
-from kdiqa.teacher import TeacherOutput
-
-
-def predicted_score(out: Any) -> torch.Tensor:
-    """The score from a teacher's TeacherOutput or a student's output dict."""
-    if isinstance(out, TeacherOutput):
-        return out.score
-    if isinstance(out, dict):
-        return out["score"]
-    return out
-
-
-def predicted_dist(out: Any) -> torch.Tensor | None:
-    """The score distribution (B, K) of a TeacherOutput or a student's output dict, if it has one."""
-    if isinstance(out, TeacherOutput):
-        return out.dist
-    if isinstance(out, dict):
-        return out.get("dist")
-    return None
 
 
 def build_optimizer(params: list[nn.Parameter], cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -73,17 +54,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_st
 class MOSFitModule(pl.LightningModule):
     """Train ``model`` so that its score matches the MOS; report IQA metrics per split."""
 
-    def __init__(self, model: nn.Module, fit: FitConfig, score_fn: Callable[[Any], torch.Tensor] = predicted_score):
+    def __init__(self, model: nn.Module, fit: FitConfig):
         super().__init__()
         self.model = model
         self.fit_cfg = fit
-        self.score_fn = score_fn
         # ``loss`` compares scores with the MOS (what subclasses reuse); terms with ``output: dist`` compare
         # the model's score distribution with the label distribution (NIMA/TANet's EMD on AVA votes)
         self.loss = WeightedLoss([(t.name, t.weight, dict(t.options)) for t in fit.losses if t.output == "score"])
         dist_terms = [(t.name, t.weight, dict(t.options)) for t in fit.losses if t.output == "dist"]
         self.dist_loss = WeightedLoss(dist_terms) if dist_terms else None
-        self._outputs: dict[str, list[tuple[torch.Tensor, ...]]] = {"val": [], "test": []}
+        self._outputs: list[tuple[torch.Tensor, ...]] = []  # one validation epoch's (score, mos[, dist, label dist])
 
     def forward(self, images: torch.Tensor) -> Any:
         return self.model(images)
@@ -114,30 +94,25 @@ class MOSFitModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         out = self(batch["image"])
-        score = self.score_fn(out)
+        score = predicted_score(out)
         total, parts = self.label_loss(score, batch["mos"], *self._dists(out, batch))
         self.log("train/loss", total, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(score))
         for name, value in parts.items():
             self.log(f"train/{name}", value, batch_size=len(score))
         return total
 
-    def _eval_step(self, batch: dict[str, Any], split: str) -> None:
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         out = self(batch["image"])
-        score = self.score_fn(out)
+        score = predicted_score(out)
         kept: tuple[torch.Tensor, ...] = (score.detach().float(), batch["mos"].detach().float())
         dist, label_dist = self._dists(out, batch)
         if dist is not None and label_dist is not None:
             kept += (dist.detach().float(), label_dist.detach().float())
-        self._outputs[split].append(kept)
+        self._outputs.append(kept)
 
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "val")
-
-    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._eval_step(batch, "test")
-
-    def _eval_epoch_end(self, split: str) -> None:
-        outputs, self._outputs[split] = self._outputs[split], []
+    def on_validation_epoch_end(self) -> None:
+        """Metrics over the whole validation split (test is evaluated once, after the fit: :mod:`kdiqa.evaluate`)."""
+        outputs, self._outputs = self._outputs, []
         if not outputs:
             return
         pred = torch.cat([o[0] for o in outputs])
@@ -149,16 +124,10 @@ class MOSFitModule(pl.LightningModule):
             dists = [None if d is None else self.all_gather(d).reshape(-1, d.shape[-1]) for d in dists]
         loss, _ = self.label_loss(pred, target, *dists)
         metrics = iqa_metrics(pred.cpu().numpy(), target.cpu().numpy())
-        self.log(f"{split}/loss", loss, sync_dist=False)
+        self.log("val/loss", loss, sync_dist=False)
         for key in ("srcc", "plcc", "krcc", "plcc_fitted", "rmse"):
             value = metrics[key]
-            self.log(f"{split}/{key}", float(value) if np.isfinite(value) else 0.0, prog_bar=key == "srcc")
-
-    def on_validation_epoch_end(self) -> None:
-        self._eval_epoch_end("val")
-
-    def on_test_epoch_end(self) -> None:
-        self._eval_epoch_end("test")
+            self.log(f"val/{key}", float(value) if np.isfinite(value) else 0.0, prog_bar=key == "srcc")
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.model.parameters() if p.requires_grad]

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdiqa.metrics import emd_loss
 from kdiqa.registry import LOSSES
 
 
@@ -93,8 +94,6 @@ class EMDLoss(nn.Module):
         self.r = r
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        from kdiqa.metrics import emd_loss
-
         return emd_loss(pred, target, r=self.r)
 
 

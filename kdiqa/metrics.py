@@ -33,7 +33,6 @@ __all__ = [
     "rmse",
     "rmse_fitted",
     "logistic4",
-    "fit_logistic",
     "iqa_metrics",
     "emd",
     "emd_loss",
@@ -206,20 +205,6 @@ def _fit_logistic(p: np.ndarray, t: np.ndarray) -> np.ndarray:
     return best * t_std + t_mean
 
 
-def fit_logistic(pred: Any, target: Any) -> np.ndarray:
-    """Predictions mapped onto the target scale by the VQEG 4-parameter logistic (least squares).
-
-    Falls back to a linear fit, with a :class:`MetricWarning`, when the logistic cannot be fitted
-    (too few points, no convergence). Returns NaNs when the data are degenerate (see module doc).
-    """
-    p, t = _pair(pred, target)
-    reason = _degenerate_reason(p, t)
-    if reason is not None:
-        _warn_nan("fit_logistic", reason)
-        return np.full_like(p, math.nan)
-    return _fit_logistic(p, t)
-
-
 def plcc_fitted(pred: Any, target: Any) -> float:
     """Pearson correlation after the VQEG 4-parameter logistic fit of pred onto target."""
     p, t = _pair(pred, target)
@@ -298,11 +283,6 @@ def _as_dist_numpy(x: Any, name: str) -> np.ndarray:
     return arr / sums  # vote counts are accepted and normalised
 
 
-def _check_dist_shapes(p_shape: tuple[int, ...], q_shape: tuple[int, ...]) -> None:
-    if p_shape != q_shape:
-        raise ValueError(f"p and q differ in shape: p is {p_shape}, q is {q_shape}")
-
-
 def emd(p: Any, q: Any, r: float = 2) -> float:
     """NIMA's earth mover's distance: ``(mean_k |CDF_p - CDF_q|^r)^(1/r)`` per row, then mean over rows.
 
@@ -310,7 +290,8 @@ def emd(p: Any, q: Any, r: float = 2) -> float:
     """
     pn = _as_dist_numpy(p, "p")
     qn = _as_dist_numpy(q, "q")
-    _check_dist_shapes(pn.shape, qn.shape)
+    if pn.shape != qn.shape:
+        raise ValueError(f"p and q differ in shape: p is {pn.shape}, q is {qn.shape}")
     if r <= 0:
         raise ValueError(f"emd: r must be > 0, got {r}")
     diff = np.abs(np.cumsum(pn, axis=1) - np.cumsum(qn, axis=1))

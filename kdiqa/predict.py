@@ -14,8 +14,10 @@ from tqdm.auto import tqdm
 from kdiqa.data.images import IMAGE_SUFFIXES, load_image
 from kdiqa.data.views import ViewSampler
 from kdiqa.errors import DataError, KdiqaError
-from kdiqa.evaluate import default_device
-from kdiqa.fit import predicted_score
+from kdiqa.exported import exported_format, load_exported
+from kdiqa.io import atomic_path, write_json
+from kdiqa.measure import default_device, predicted_score
+from kdiqa.models import load_model
 
 
 def collect_images(paths: Sequence[str | Path]) -> list[Path]:
@@ -64,11 +66,8 @@ def model_image_size(model: Any, size: int | None) -> int | tuple[int, int]:
 
 @torch.no_grad()
 def predict_paths(model_dir: str | Path, paths: Sequence[str | Path], out: str | Path | None = None, batch_size: int = 32, size: int | None = None) -> list[dict[str, Any]]:
-    from kdiqa.distill.stages import load_model
-    from kdiqa.exported import is_exported_file, load_exported
-
     # an exported .onnx / TorchScript file runs through its own runtime behind the same interface
-    model = load_exported(model_dir) if is_exported_file(model_dir) else load_model(model_dir)
+    model = load_exported(model_dir) if exported_format(model_dir) else load_model(model_dir)
     device = default_device()
     model.eval().to(device)
     sampler = ViewSampler(model_image_size(model, size), train=False)
@@ -90,8 +89,6 @@ def predict_paths(model_dir: str | Path, paths: Sequence[str | Path], out: str |
 
 def _write(rows: list[dict[str, Any]], out: str | Path | None) -> None:
     if out is not None and str(out).endswith(".json"):
-        from kdiqa.io import write_json
-
         write_json(out, rows, what="the predictions")
         return
     buffer = io.StringIO()
@@ -101,7 +98,5 @@ def _write(rows: list[dict[str, Any]], out: str | Path | None) -> None:
     if out is None:
         sys.stdout.write(buffer.getvalue())
     else:
-        from kdiqa.io import atomic_path
-
         with atomic_path(out, "the predictions") as tmp:
             tmp.write_text(buffer.getvalue())

@@ -80,14 +80,23 @@ class Registry:
             raise RegistryError(self._unknown(name)) from None
 
     def build(self, name: str, /, **kwargs: Any) -> Any:
-        """Build the named component; a bad keyword is reported as a user error naming it."""
+        """Build the named component; a bad keyword is reported as a user error naming it.
+
+        A registered class builds through its ``from_options`` when it has one (kdiqa's models do: see
+        :mod:`kdiqa.modeling`); anything else registered is called with the options.
+        """
         builder = self.get(name)
+        make = getattr(builder, "from_options", builder)
         try:
-            return builder(**kwargs)
+            return make(**kwargs)
         except TypeError as exc:
-            # Only rewrite errors about the call itself, not TypeErrors raised deep inside the builder.
-            if "argument" in str(exc) and getattr(exc.__traceback__, "tb_next", None) is None:
-                raise RegistryError(f"{self.kind} {name!r}: {exc}") from exc
+            # Only rewrite errors about the call itself (or the class's constructor it forwards the options
+            # to), not TypeErrors raised deep inside the builder.
+            called = [make, builder.__init__] if isinstance(builder, type) else [make]
+            about_call = str(exc).split(" ", 1)[0] in {f"{getattr(f, '__qualname__', '')}()" for f in called}
+            if about_call or getattr(exc.__traceback__, "tb_next", None) is None:
+                if "argument" in str(exc):
+                    raise RegistryError(f"{self.kind} {name!r}: {exc}") from exc
             raise
 
     def _unknown(self, name: str) -> str:
@@ -101,7 +110,7 @@ def _where(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', repr(obj))}"
 
 
-TEACHERS = Registry("teachers", ["kdiqa.teachers"])
-STUDENTS = Registry("students", ["kdiqa.students"])
+TEACHERS = Registry("teachers", ["kdiqa.teachers.dpiqa", "kdiqa.teachers.tanet", "kdiqa.teachers.external"])
+STUDENTS = Registry("students", ["kdiqa.students.timm_student", "kdiqa.students.official"])
 DATASETS = Registry("datasets", ["kdiqa.data.formats", "kdiqa.data.mini"])
 LOSSES = Registry("losses", ["kdiqa.losses"])

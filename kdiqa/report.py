@@ -6,16 +6,14 @@ models' sizes and speeds, and writes ``report.md`` plus PNG plots beside it.
 from __future__ import annotations
 
 import json
-import statistics
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch import nn
+import numpy as np
 
 from kdiqa.io import atomic_path
+from kdiqa.run import RunDir
 
 
 @dataclass
@@ -25,29 +23,6 @@ class ModelInfo:
     params: int
     latency_ms: float  # median, batch 1
     latency_spread_ms: float  # interquartile range
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
-@torch.no_grad()
-def measure_latency(model: nn.Module, size: int, repeats: int = 20, warmup: int = 3, device: str = "cpu") -> tuple[float, float]:
-    """Median and interquartile range of batch-1 forward time in milliseconds, after warm-up."""
-    model = model.eval().to(device)
-    x = torch.rand(1, 3, size, size, device=device)
-    times = []
-    for i in range(warmup + repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        model(x)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append((time.perf_counter() - start) * 1000)
-    q = statistics.quantiles(times, n=4)
-    return statistics.median(times), q[2] - q[0]
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -78,18 +53,24 @@ def summary_table(metrics: dict[str, Any], models: list[ModelInfo], split: str =
     return "\n".join(rows)
 
 
-def _save(fig: Any, path: Path) -> None:
+def save_png(fig: Any, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
 
 
-def plot_scatter(run_dir: Path, models: list[ModelInfo], split: str = "test") -> Path | None:
+def pyplot() -> Any:
+    """pyplot drawing into files only (never a window), imported when a plot is drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    found = [(m, json.loads((run_dir / "predictions" / f"{m.key}.json").read_text())) for m in models if (run_dir / "predictions" / f"{m.key}.json").is_file()]
+    return plt
+
+
+def plot_scatter(run: RunDir, models: list[ModelInfo], split: str = "test") -> Path | None:
+    plt = pyplot()
+    found = [(m, json.loads(run.predictions(m.key).read_text())) for m in models if run.predictions(m.key).is_file()]
     found = [(m, p[split]) for m, p in found if split in p]
     if not found:
         return None
@@ -100,20 +81,17 @@ def plot_scatter(run_dir: Path, models: list[ModelInfo], split: str = "test") ->
         ax.set_ylabel("predicted")
         ax.set_title(m.label, fontsize=9)
     fig.suptitle(f"predicted vs MOS, {split} split")
-    path = run_dir / "plots" / f"scatter_{split}.png"
+    path = run.plot(f"scatter_{split}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    _save(fig, path)
+    save_png(fig, path)
     plt.close(fig)
     return path
 
 
-def plot_bars(run_dir: Path, metrics: dict[str, Any], models: list[ModelInfo], split: str = "test") -> Path:
-    import matplotlib
+def plot_bars(run: RunDir, metrics: dict[str, Any], models: list[ModelInfo], split: str = "test") -> Path:
+    from matplotlib.ticker import NullFormatter
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
+    plt = pyplot()
     labels = [m.label for m in models]
     srcc = [metrics.get(m.key, {}).get(split, {}).get("srcc", np.nan) for m in models]
     plcc = [metrics.get(m.key, {}).get(split, {}).get("plcc", np.nan) for m in models]
@@ -149,24 +127,22 @@ def plot_bars(run_dir: Path, metrics: dict[str, Any], models: list[ModelInfo], s
     ax2.set_xlabel("latency, batch 1 (ms)")
     ax2.set_ylabel("parameters")
     ax2.set_title("size and speed")
-    from matplotlib.ticker import NullFormatter
-
     for axis in (ax2.xaxis, ax2.yaxis):  # log axes over a narrow range label every minor tick: unreadable
         axis.set_minor_formatter(NullFormatter())
     fig.tight_layout()
-    path = run_dir / "plots" / f"summary_{split}.png"
+    path = run.plot(f"summary_{split}")
     path.parent.mkdir(parents=True, exist_ok=True)
-    _save(fig, path)
+    save_png(fig, path)
     plt.close(fig)
     return path
 
 
-def write_report(run_dir: Path, models: list[ModelInfo], title: str, notes: str = "") -> str:
+def write_report(run: RunDir, models: list[ModelInfo], title: str, notes: str = "") -> str:
     """Write report.md and the plots; return the summary table (also printed by the CLI)."""
-    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    metrics = run.read_metrics()
     table = summary_table(metrics, models)
-    scatter = plot_scatter(run_dir, models)
-    bars = plot_bars(run_dir, metrics, models)
+    scatter = plot_scatter(run, models)
+    bars = plot_bars(run, metrics, models)
     lines = [f"# {title}", "", table, ""]
     if notes:
         lines += [notes, ""]
@@ -179,7 +155,7 @@ def write_report(run_dir: Path, models: list[ModelInfo], title: str, notes: str 
     ]
     for plot in (scatter, bars):
         if plot is not None:
-            lines.append(f"![{plot.stem}]({plot.relative_to(run_dir)})")
-    with atomic_path(run_dir / "report.md") as tmp:
+            lines.append(f"![{plot.stem}]({plot.relative_to(run.root)})")
+    with atomic_path(run.report) as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     return table

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -14,22 +13,13 @@ from pytorch_lightning.loggers import Logger, TensorBoardLogger
 from kdiqa.checkpoints import AtomicCheckpointIO, HistoryCSVLogger, LatestCheckpoint, RunState, load_state
 from kdiqa.config.schema import TrainerConfig
 from kdiqa.console import PlainProgress, use_plain_progress
-from kdiqa.errors import CheckpointError, ConfigError
+from kdiqa.errors import CheckpointError, ConfigError, first_line
+from kdiqa.run import RunDir
 
 
-def merge_trainer(base: TrainerConfig, overrides: Mapping[str, Any], at: str) -> TrainerConfig:
-    """A stage's ``trainer:`` overrides on top of the recipe's trainer section (keys checked)."""
-    valid = {f.name for f in dataclasses.fields(TrainerConfig)}
-    for key in overrides:
-        if key not in valid:
-            import difflib
-
-            close = difflib.get_close_matches(str(key), sorted(valid), n=1)
-            hint = f"; did you mean {at}.{close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown key {at}.{key!r}{hint}")
-    merged = dataclasses.replace(base, **dict(overrides))
-    merged.check(at)
-    return merged
+def merge_trainer(base: TrainerConfig, overrides: Mapping[str, Any]) -> TrainerConfig:
+    """A stage's ``trainer:`` overrides on top of the recipe's trainer section (both checked at load)."""
+    return dataclasses.replace(base, **dict(overrides))
 
 
 def check_val_interval(cfg: TrainerConfig, train_batches: int, at: str) -> None:
@@ -53,29 +43,20 @@ def check_val_interval(cfg: TrainerConfig, train_batches: int, at: str) -> None:
         )
 
 
-def make_loggers(cfg: TrainerConfig, run_dir: Path, name: str) -> list[Logger]:
+def make_loggers(cfg: TrainerConfig, run: RunDir, name: str) -> list[Logger]:
     if cfg.logger == "none":
         return []
-    loggers: list[Logger] = [HistoryCSVLogger(str(run_dir), name="logs", version=name)]
+    loggers: list[Logger] = [HistoryCSVLogger(str(run.root), name=run.LOGS, version=name)]
     if cfg.logger == "tensorboard":
         try:
             import tensorboard  # noqa: F401
         except ImportError:
             raise ConfigError("trainer.logger: 'tensorboard' needs the tensorboard package (pip install 'kdiqa[tensorboard]')") from None
-        loggers.append(TensorBoardLogger(str(run_dir), name="tb", version=name))
+        loggers.append(TensorBoardLogger(str(run.root), name=run.TENSORBOARD, version=name))
     return loggers
 
 
-LATEST = "latest.ckpt"
-
-
-def latest_checkpoint(run_dir: Path, name: str) -> Path | None:
-    """The checkpoint to resume an interrupted fit from, if there is one."""
-    path = run_dir / "checkpoints" / name / LATEST
-    return path if path.is_file() else None
-
-
-def make_trainer(cfg: TrainerConfig, run_dir: Path, name: str, monitor: str) -> tuple[pl.Trainer, ModelCheckpoint]:
+def make_trainer(cfg: TrainerConfig, run: RunDir, name: str, monitor: str) -> tuple[pl.Trainer, ModelCheckpoint]:
     """A Trainer that keeps the best checkpoint by ``monitor`` on the validation split, plus the latest.
 
     The latest is its own callback: Lightning's ``save_last`` only writes when the monitored
@@ -84,9 +65,8 @@ def make_trainer(cfg: TrainerConfig, run_dir: Path, name: str, monitor: str) -> 
     continues exactly as the uninterrupted one would have (:mod:`kdiqa.checkpoints`).
     """
     mode = "min" if monitor.endswith("loss") else "max"
-    folder = str(run_dir / "checkpoints" / name)
     checkpoint = ModelCheckpoint(
-        dirpath=folder,
+        dirpath=str(run.checkpoints(name)),
         filename="best-{epoch:03d}-{step:06d}",
         monitor=monitor,
         mode=mode,
@@ -94,13 +74,13 @@ def make_trainer(cfg: TrainerConfig, run_dir: Path, name: str, monitor: str) -> 
         auto_insert_metric_name=False,
         enable_version_counter=False,  # a rerun rewrites its epoch's file, instead of leaving a stray -v1 beside it
     )
-    loggers = make_loggers(cfg, run_dir, name)
-    latest = LatestCheckpoint(Path(folder) / LATEST)
+    loggers = make_loggers(cfg, run, name)
+    latest = LatestCheckpoint(run.latest_checkpoint(name))
     callbacks: list[pl.Callback] = [checkpoint, latest, RunState(loggers)]
     if cfg.progress_bar and use_plain_progress():
         callbacks.append(PlainProgress(name))
     trainer = pl.Trainer(
-        default_root_dir=str(run_dir),
+        default_root_dir=str(run.root),
         max_epochs=cfg.max_epochs,
         max_steps=cfg.max_steps,
         max_time=cfg.max_time,
@@ -126,17 +106,7 @@ def make_trainer(cfg: TrainerConfig, run_dir: Path, name: str, monitor: str) -> 
     return trainer, checkpoint
 
 
-def exit_unless_rank_zero(trainer: pl.Trainer) -> None:
-    """After a multi-process fit, only rank 0 goes on to save, evaluate and report.
-
-    The other ranks' work ended with the fit; letting them continue would evaluate and write the
-    same files once per process.
-    """
-    if not trainer.is_global_zero:
-        raise SystemExit(0)
-
-
-def fit_validation_best(module: pl.LightningModule, dm: pl.LightningDataModule, cfg: TrainerConfig, run_dir: Path,
+def fit_validation_best(module: pl.LightningModule, dm: pl.LightningDataModule, cfg: TrainerConfig, run: RunDir,
                         name: str, monitor: str, at: str) -> str:
     """Fit ``module`` (resuming from this run's latest checkpoint), load the validation-best weights
     into it and return that checkpoint's path. Ranks other than 0 exit after the fit.
@@ -145,26 +115,24 @@ def fit_validation_best(module: pl.LightningModule, dm: pl.LightningDataModule, 
     ``trainer.fit``.
     """
     try:
-        trainer, checkpoint = make_trainer(cfg, run_dir, name, monitor)
+        trainer, checkpoint = make_trainer(cfg, run, name, monitor)
     except MisconfigurationException as exc:  # e.g. a precision this machine cannot run
-        raise ConfigError(f"{at}: {_first_line(exc)}") from None
+        raise ConfigError(f"{at}: {first_line(exc, with_type=False)}") from None
     dm.trainer = trainer  # Lightning attaches it in fit; here first, so the count below is per process
     check_val_interval(cfg, len(dm.train_dataloader()), at)
-    resume = latest_checkpoint(run_dir, name)
+    resume = run.latest_checkpoint(name)
+    resume = resume if resume.is_file() else None
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
     except MisconfigurationException as exc:
         # typically a checkpoint of an earlier run of this stage that the recipe no longer fits
         hint = (f"; it was resuming {resume}, from an earlier run of this stage with other settings: "
                 "delete that file to train this stage from the start") if resume else ""
-        raise ConfigError(f"{at}: {_first_line(exc).rstrip('.')}{hint}") from None
-    exit_unless_rank_zero(trainer)
+        raise ConfigError(f"{at}: {first_line(exc, with_type=False).rstrip('.')}{hint}") from None
+    if not trainer.is_global_zero:  # the other ranks' work ended with the fit: only rank 0 saves, evaluates, reports
+        raise SystemExit(0)
     best = checkpoint.best_model_path
     if not best:
         raise CheckpointError(f"{checkpoint.dirpath}: no validation checkpoint was saved (is the val split empty?)")
     module.load_state_dict(load_state(best)["state_dict"])
     return best
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -11,7 +11,7 @@ from PIL import Image
 from torch import nn
 
 from kdiqa.registry import TEACHERS
-from kdiqa.teacher import Teacher, TeacherOutput
+from kdiqa.teachers.base import Teacher, TeacherOutput
 
 # tiny models: one thread avoids the two cores waiting on each other (measured 2-100x faster here)
 torch.set_num_threads(1)

@@ -6,22 +6,13 @@ import pytest
 import torch
 from torch import nn
 
-from kdiqa.bench import (
-    BENCH_COLUMNS,
-    LiveTensorBytes,
-    count_flops,
-    pareto_front,
-    peak_memory,
-    percentile,
-    read_csv,
-    time_interleaved,
-)
+from kdiqa.bench import BENCH_COLUMNS, pareto_front, read_csv
 from kdiqa.cli.main import main
 from kdiqa.config import load_recipe
-from kdiqa.distill.stages import stage_cache
+from kdiqa.measure import LiveTensorBytes, count_flops, count_parameters, peak_memory, percentile, time_interleaved
 from kdiqa.registry import TEACHERS
 from kdiqa.run import prepare_run
-from kdiqa.teacher import save_teacher
+from kdiqa.stages import stage_cache
 
 FAST = ["--repeats", "2", "--warmup", "1", "--batch", "4", "--teacher-batch", "2", "--teacher-repeats", "1"]
 
@@ -72,6 +63,7 @@ def keep_threads():
     torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_bench_writes_csv_markdown_and_plot(toy_recipe, tmp_path, capsys, keep_threads):
     args = ["bench", str(toy_recipe), "--students", "kdiqa_cnn_tiny,mobilenetv3_small_050", "--teacher", "tiny",
             "views.size=32", "--threads", "1", *FAST]
@@ -94,7 +86,7 @@ def test_bench_writes_csv_markdown_and_plot(toy_recipe, tmp_path, capsys, keep_t
     from kdiqa.registry import STUDENTS
 
     student = STUDENTS.build("timm", backbone="kdiqa_cnn_tiny", head="pooled_mlp", image_size=32)
-    assert int(rows[0]["params"]) == student.num_parameters()
+    assert int(rows[0]["params"]) == count_parameters(student)
     assert float(rows[0]["gflops"]) == pytest.approx(count_flops(student.eval(), 32) / 1e9, rel=1e-5)
     parsed = read_csv(run_dir / "bench.csv")  # typed rows back, e.g. to redraw the table
     assert [(r.model, r.params, r.throughput_batch) for r in parsed] == [
@@ -122,10 +114,11 @@ def test_bench_distill_reports_srcc_and_plots_it(toy_recipe, tmp_path):
     settings = ["distill.features=[{target: quality_map, tap: -1, kind: conv, loss: mse, weight: 1.0}]",
                 "cache.views_per_image=1", "cache.batch_size=16", "trainer.max_epochs=1"]
     recipe = load_recipe(toy_recipe, settings)
-    run_dir = prepare_run(recipe)
+    run = prepare_run(recipe)
     torch.manual_seed(0)
-    save_teacher(TEACHERS.build("toy"), run_dir / "teacher")
-    stage_cache(recipe, run_dir)
+    TEACHERS.build("toy").save_pretrained(run.teacher)
+    stage_cache(recipe, run)
+    run_dir = run.root
     args = ["bench", str(toy_recipe), *settings, "--students", "kdiqa_cnn_tiny", "--teacher", "trained", "--distill", *FAST]
     assert main(args) == 0
     _, rows = read_rows(run_dir / "bench.csv")

@@ -24,6 +24,7 @@ from kdiqa.cache import (
     CachedViews,
     CacheError,
     CachePlan,
+    CacheSpec,
     build_cache,
     cache_info,
     dataset_fingerprint,
@@ -36,7 +37,7 @@ from kdiqa.cache import (
 from kdiqa.data.sample import IQASample
 from kdiqa.data.views import ViewSampler
 from kdiqa.errors import ConfigError
-from kdiqa.teacher import Teacher, TeacherOutput
+from kdiqa.teachers.base import Teacher, TeacherOutput
 
 
 # ----------------------------------------------------------------------------- helpers (shared)
@@ -45,7 +46,7 @@ class FakeTeacher(Teacher):
 
     name = "fake-cache-teacher"
 
-    def __init__(self, width: int = 4, bins: int = 5, seed: int = 0, sleep: float = 0.0):
+    def __init__(self, width: int = 4, bins: int = 5, seed: int = 0):
         super().__init__(width=width, bins=bins, seed=seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -53,7 +54,7 @@ class FakeTeacher(Teacher):
             self.conv2 = nn.Conv2d(width, 8, 3, stride=2, padding=1)
             self.head = nn.Linear(8, bins)
         self.drop = nn.Dropout(0.5)  # outputs change in training mode: the cache must run it in eval mode
-        self.sleep = sleep  # slows a run down so a test can kill it midway; outputs do not change
+        self.sleep = 0.0  # set to slow a run down so a test can kill it midway; not in the config (outputs do not change)
 
     def forward(self, images: torch.Tensor) -> TeacherOutput:
         if self.sleep:
@@ -84,11 +85,14 @@ def make_sampler() -> ViewSampler:
 
 
 BUILD = dict(views_per_image=3, batch_size=4, features=["quality_map", "embedding"], pool={"quality_map": 4}, seed=7)
+SPEC_FIELDS = set(CacheSpec.__dataclass_fields__)
 
 
 def build(path: Path, samples: list[IQASample], teacher: nn.Module | None = None, **overrides: Any) -> dict[str, Any]:
+    """``overrides``: CacheSpec fields, or build_cache's own arguments (shard, force, num_workers, ...)."""
     kwargs = {**BUILD, "progress": False, **overrides}
-    return build_cache(teacher or FakeTeacher(), samples, make_sampler(), path, **kwargs)
+    spec = CacheSpec(make_sampler(), **{k: kwargs.pop(k) for k in list(kwargs) if k in SPEC_FIELDS})
+    return build_cache(spec, teacher or FakeTeacher(), samples, path, **kwargs)
 
 
 def read_all(path: Path) -> dict[str, np.ndarray]:
@@ -110,7 +114,8 @@ def child_build(args: dict[str, Any]) -> None:
     """Body of the child processes of the shard and SIGKILL tests."""
     torch.set_num_threads(1)
     samples = make_samples(Path(args["images"]), args.get("n", 12))
-    teacher = FakeTeacher(sleep=args.get("sleep", 0.0))
+    teacher = FakeTeacher()
+    teacher.sleep = args.get("sleep", 0.0)
     build(Path(args["path"]), samples, teacher, **args.get("overrides", {}))
 
 
@@ -222,7 +227,7 @@ def test_every_teacher_feature_by_default_and_bad_feature_requests(tmp_path, sam
     with pytest.raises(ConfigError, match="per view as float16; cache it pooled"):
         build(tmp_path / "x.h5", samples, pool={}, max_feature_bytes=512)
     with pytest.raises(ConfigError, match="need a training view sampler"):
-        build_cache(FakeTeacher(), samples, ViewSampler(16, train=False), tmp_path / "x.h5", views_per_image=2, progress=False)
+        CacheSpec(ViewSampler(16, train=False), views_per_image=2)
 
 
 # ----------------------------------------------------------------------------- fingerprints

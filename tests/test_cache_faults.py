@@ -14,7 +14,7 @@ import pytest
 import torch
 from test_cache import FakeTeacher, assert_same_arrays, build, make_sampler, make_samples, one_thread, start_child
 
-import kdiqa.cache.writer as writer
+import kdiqa.cache.partial as partial_file
 from kdiqa.cache import CachedViews, CacheError, cache_info
 
 
@@ -72,10 +72,10 @@ def test_writes_never_touch_hdf5_metadata(tmp_path, monkeypatch):
     """Why a kill at any instant is safe: after creation only raw data bytes change, and those of a
     batch are flushed before its done flags; so the structure a rerun opens is always intact."""
     samples = make_samples(tmp_path / "images", 6)
-    original = writer._write_batch
+    original = partial_file.write_batch
     state: dict[str, Any] = {}
 
-    def checked(sink: writer._Sink, batch: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+    def checked(sink: partial_file.Sink, batch: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         f = sink.file
         extents = []
         f.visititems(lambda name, obj: extents.extend(_extents(obj)) if isinstance(obj, h5py.Dataset) else None)
@@ -91,7 +91,7 @@ def test_writes_never_touch_hdf5_metadata(tmp_path, monkeypatch):
         assert np.array_equal(after[outside], state["before"][outside])
         state["batches"] = state.get("batches", 0) + 1
 
-    monkeypatch.setattr(writer, "_write_batch", checked)
+    monkeypatch.setattr(partial_file, "write_batch", checked)
     build(tmp_path / "c.h5", samples)
     assert state["batches"] == 5
 
@@ -137,7 +137,7 @@ def test_a_failed_compression_pass_is_finished_by_a_rerun(tmp_path, monkeypatch)
     def fail(*_args: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(writer, "_repack", fail)
+    monkeypatch.setattr(partial_file, "_repack", fail)
     with pytest.raises(CacheError, match="every view is written but finishing the cache failed"):
         build(path, samples, compression="gzip")
     monkeypatch.undo()

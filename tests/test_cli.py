@@ -65,6 +65,7 @@ def test_user_errors_are_one_line_exit_2(csv_recipe, tmp_path, capsys):
         assert fragment in lines[0], (args, err)
 
 
+@pytest.mark.slow
 def test_debug_shows_the_traceback(csv_recipe):
     proc = subprocess.run(
         [sys.executable, "-m", "kdiqa.cli.main", "data", "info", str(csv_recipe), "data.name=nope", "--debug"],
@@ -150,6 +151,7 @@ def test_third_party_chatter_is_silenced_unless_verbose():
         assert len(caught) == expected
 
 
+@pytest.mark.slow
 def test_the_console_shows_kdiqa_lines_and_plain_progress_but_no_chatter(toy_recipe, tmp_path):
     """Run as a user would, output to a file (not a terminal): no Lightning tips, hardware lines or
     library warnings with file paths, plain progress lines instead of a bar; --verbose leaves the

@@ -63,6 +63,61 @@ def test_bad_values_name_the_key(recipes, override, message):
         load_recipe(recipes / "child.yaml", override)
 
 
+# Each recipe value is validated once, at load (kdiqa/config/schema.py); these checks were also made, a
+# second time, by the code that receives the values (splits, format loaders, view sampler, cache writer).
+def test_bad_on_bad_row_value(recipes):
+    for name in ("koniq10k", "csv", "livec"):
+        with pytest.raises(ConfigError, match="data.on_bad_row: 'ignore' is not one of 'error', 'skip'"):
+            load_recipe(recipes / "child.yaml", [f"data.name={name}", "data.on_bad_row=ignore"])
+
+
+def test_ratio_validation(recipes):
+    for bad, message in [
+        ("[0.7,0.2,0.2]", "must sum to 1"),
+        ("[0.8,0.2]", "three numbers"),
+        ("[1.2,-0.1,-0.1]", ">= 0"),
+        ("[.nan,0.5,0.5]", "finite"),
+        ("[0.0,0.5,0.5]", "nothing to train on"),
+        ("0.7,0.1,0.2", "key 'data.split.ratios': Invalid value assigned"),  # not a list
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_recipe(recipes / "child.yaml", ["data.split.policy=random", f"data.split.ratios={bad}"])
+
+
+def test_split_policy_seed_and_repeat_validation(recipes):
+    for override, message in [
+        ("data.split.policy=stratified", "data.split.policy: 'stratified' is not one of 'auto', 'official', 'random'"),
+        ("data.split.repeat=-1", r"data.split.repeat: must be >= 0, got -1"),
+        ("data.split.seed=-1", r"data.split.seed: must be >= 0, got -1"),
+        ("data.split.seed=1.5", r"key 'data.split.seed'.*could not be converted to Integer"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_recipe(recipes / "child.yaml", [override])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("views.train_scale=[0.0,0.5]", "views.train_scale: need finite"),
+        ("views.train_scale=[0.5,1.5]", "views.train_scale: the high end must be <= 1"),
+        ("views.train_scale=[0.8,0.2]", "views.train_scale: need finite"),
+        ("views.train_ratio=[0.0,1.0]", "views.train_ratio: need finite"),
+        ("views.train_ratio=[1.0,.inf]", "views.train_ratio: need finite"),
+        ("views.train_ratio=wide", "key 'views.train_ratio'"),
+    ],
+)
+def test_view_scale_and_ratio_are_validated(recipes, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_recipe(recipes / "child.yaml", [override])
+
+
+def test_cache_pool_sizes_are_validated(recipes):
+    base = ["cache.features=[quality_map, embedding]"]
+    with pytest.raises(ConfigError, match=r"cache.pool.quality_map: need a positive int or \[height, width\], got 0"):
+        load_recipe(recipes / "child.yaml", [*base, "cache.pool={quality_map: 0}"])
+    assert load_recipe(recipes / "child.yaml", [*base, "cache.pool={quality_map: [2, 3]}"]).cache.pool == {"quality_map": [2, 3]}
+
+
 def test_missing_required_value(tmp_path):
     write(tmp_path / "r.yaml", "name: r\n")
     with pytest.raises(ConfigError, match=r"missing required value 'data.name'"):

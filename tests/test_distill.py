@@ -5,16 +5,16 @@ import pytest
 import torch
 from PIL import Image
 
-from kdiqa import load_student
 from kdiqa.cache import CachedViews
 from kdiqa.cli.main import main
 from kdiqa.config import load_recipe
 from kdiqa.data.datamodule import IQADataModule, make_sampler
 from kdiqa.distill.module import DistillModule
-from kdiqa.distill.stages import build_student, cache_path, stage_cache
 from kdiqa.registry import TEACHERS
 from kdiqa.run import prepare_run
-from kdiqa.teacher import save_teacher
+from kdiqa.stages import stage_cache
+from kdiqa.students.base import Student, build_student
+from kdiqa.teachers.base import Teacher
 
 KD_SETTINGS = [
     "student.options.backbone=kdiqa_cnn_tiny",
@@ -28,25 +28,23 @@ KD_SETTINGS = [
 @pytest.fixture
 def kd_run(toy_recipe):
     recipe = load_recipe(toy_recipe, KD_SETTINGS + ["trainer.max_epochs=2"])
-    run_dir = prepare_run(recipe)
+    run = prepare_run(recipe)
     torch.manual_seed(0)
-    save_teacher(TEACHERS.build("toy"), run_dir / "teacher")  # an untrained teacher is enough here
-    return recipe, run_dir
+    TEACHERS.build("toy").save_pretrained(run.teacher)  # an untrained teacher is enough here
+    return recipe, run
 
 
 def test_cached_and_online_targets_give_the_same_loss(kd_run):
-    recipe, run_dir = kd_run
-    stage_cache(recipe, run_dir)
+    recipe, run = kd_run
+    stage_cache(recipe, run)
     dm = IQADataModule(recipe.data, recipe.views)
     dm.setup()
-    views = CachedViews(cache_path(recipe, run_dir), dm.splits["train"], make_sampler(recipe.views, train=True))
+    views = CachedViews(run.cache, dm.splits["train"], make_sampler(recipe.views, train=True))
     batch = torch.utils.data.default_collate([views[i] for i in range(8)])
     assert set(batch["teacher"]) == {"score", "quality_map"}
 
-    from kdiqa.teacher import load_teacher
-
-    teacher = load_teacher(run_dir / "teacher")
-    student = build_student(recipe, views.feature_shapes())
+    teacher = Teacher.from_pretrained(run.teacher)
+    student = build_student(recipe.student, recipe.views.size, recipe.distill.features, views.feature_shapes())
     module = DistillModule(student, recipe.distill.fit, recipe.distill, teacher=teacher)
     out = student(batch["image"])
     cached, cached_parts = module.distill_loss(out, batch)
@@ -73,16 +71,14 @@ def test_quickstart_shaped_run_end_to_end(toy_recipe, tmp_path, capsys):
     assert "| teacher (toy)" in out
 
     # the saved student needs neither Lightning nor the teacher
-    student = load_student(run_dir / "students" / "kd")
+    student = Student.from_pretrained(run_dir / "students" / "kd")
     assert student(torch.rand(3, 3, 24, 24))["score"].shape == (3,)
 
 
 def test_predict_folder_with_a_corrupt_image(kd_run, tmp_path, capsys, blur_dataset):
-    recipe, run_dir = kd_run
-    from kdiqa.students.student import save_student
-
-    student = build_student(recipe, {"quality_map": (4, 12, 12)})
-    save_student(student, tmp_path / "student")
+    recipe, _ = kd_run
+    student = build_student(recipe.student, recipe.views.size, recipe.distill.features, {"quality_map": (4, 12, 12)})
+    student.save_pretrained(tmp_path / "student")
     folder = tmp_path / "imgs"
     folder.mkdir()
     for i in range(3):
@@ -106,14 +102,14 @@ def test_distill_without_a_cache_says_how_to_make_one(toy_recipe, tmp_path, caps
 
 def test_each_stage_seeds_itself_so_the_baseline_ignores_what_ran_before(kd_run):
     """The label-only student is the same whether or not other stages drew randomness first."""
-    from kdiqa.distill.stages import stage_baseline, stage_distill
+    from kdiqa.stages import stage_baseline, stage_distill
 
-    recipe, run_dir = kd_run
-    stage_cache(recipe, run_dir)
-    first = stage_baseline(recipe, run_dir)
-    stage_distill(recipe, run_dir)
+    recipe, run = kd_run
+    stage_cache(recipe, run)
+    first = stage_baseline(recipe, run)
+    stage_distill(recipe, run)
     torch.rand(1000)
-    again = stage_baseline(recipe, run_dir)
+    again = stage_baseline(recipe, run)
     assert again["test"]["srcc"] == first["test"]["srcc"] and again["val"]["plcc"] == first["val"]["plcc"]
 
     # the KD student starts from exactly the weights the label-only one starts from
@@ -121,12 +117,12 @@ def test_each_stage_seeds_itself_so_the_baseline_ignores_what_ran_before(kd_run)
 
     dm = IQADataModule(recipe.data, recipe.views)
     dm.setup()
-    shapes = CachedViews(cache_path(recipe, run_dir), dm.splits["train"], make_sampler(recipe.views, train=True)).feature_shapes()
+    shapes = CachedViews(run.cache, dm.splits["train"], make_sampler(recipe.views, train=True)).feature_shapes()
     seed_stage(recipe)
-    a = build_student(recipe, shapes).state_dict()
+    a = build_student(recipe.student, recipe.views.size, recipe.distill.features, shapes).state_dict()
     torch.rand(10)
     seed_stage(recipe)
-    b = build_student(recipe, shapes).state_dict()
+    b = build_student(recipe.student, recipe.views.size, recipe.distill.features, shapes).state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

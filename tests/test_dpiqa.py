@@ -10,8 +10,15 @@ import torch
 
 from kdiqa.errors import CheckpointError, ConfigError
 from kdiqa.registry import TEACHERS
-from kdiqa.teacher import load_teacher, save_teacher
-from kdiqa.teachers.dpiqa import DPIQATeacher, build_prompts, describe, detect_family, get_preset, save_prompt_embeddings
+from kdiqa.teachers.base import Teacher
+from kdiqa.teachers.dpiqa import (
+    DPIQATeacher,
+    build_prompts,
+    describe,
+    detect_family,
+    get_preset,
+    save_prompt_embeddings,
+)
 from kdiqa.teachers.dpiqa.loading import LDM_CROSS_ATTN_KEY
 
 
@@ -204,8 +211,8 @@ def test_save_load_round_trip_gives_identical_outputs(tmp_path, images):
         for p in teacher.parameters():
             p.add_(0.01 * torch.randn_like(p))
     teacher.eval()
-    save_teacher(teacher, tmp_path / "t")
-    loaded = load_teacher(tmp_path / "t").eval()
+    teacher.save_pretrained(tmp_path / "t")
+    loaded = Teacher.from_pretrained(tmp_path / "t").eval()
     assert loaded.config == teacher.config and loaded.config["latent_stats"] == stats
     with torch.no_grad():
         a, b = teacher(images), loaded(images)
@@ -229,13 +236,13 @@ def test_prompt_embeddings_from_a_file(tmp_path):
     n = len(get_preset("tiny")["qualities"]) * 2 * 3
     emb = torch.randn(n, 32)
     save_prompt_embeddings(tmp_path / "e.safetensors", emb)
-    teacher = tiny(prompt_embeddings=str(tmp_path / "e.safetensors"))
+    teacher = DPIQATeacher.from_prompts(preset="tiny", prompt_embeddings=str(tmp_path / "e.safetensors"))
     assert torch.equal(teacher.prompt_embeddings, emb)
-    assert teacher.config["prompt_embeddings"] is None
+    assert "prompt_embeddings" not in teacher.config
     assert teacher.config["initialised_from"]["prompts"].startswith("file:")
     torch.save(torch.randn(n + 1, 32), tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match=r"bad\.pt: prompt embeddings have shape \(31, 32\)"):
-        tiny(prompt_embeddings=str(tmp_path / "bad.pt"))
+        DPIQATeacher.from_prompts(preset="tiny", prompt_embeddings=str(tmp_path / "bad.pt"))
 
 
 # ---------------------------------------------------------------------------------------- loading from disk
@@ -342,15 +349,15 @@ def test_diffusers_folder_loads_through_the_user_code_path(tmp_path, images):
         expected = clip(**tok(teacher.prompts, padding=True, return_tensors="pt")).pooler_output
     assert teacher.prompt_embeddings.shape == (30, 32)
     assert torch.allclose(teacher.prompt_embeddings, expected, atol=1e-5)
-    assert teacher.config["sd_checkpoint"] is None and teacher.config["initialised_from"]["sd_checkpoint"] == str(sd)
+    assert "sd_checkpoint" not in teacher.config and teacher.config["initialised_from"]["sd_checkpoint"] == str(sd)
     assert teacher.config["initialised_from"]["prompts"] == f"text_encoder:{sd}"
 
     # the saved teacher rebuilds without the SD folder or the text encoder
     teacher.eval()
-    save_teacher(teacher, tmp_path / "saved")
+    teacher.save_pretrained(tmp_path / "saved")
     for path in sorted(sd.rglob("*"), reverse=True):
         path.unlink() if path.is_file() else path.rmdir()
-    loaded = load_teacher(tmp_path / "saved").eval()
+    loaded = Teacher.from_pretrained(tmp_path / "saved").eval()
     with torch.no_grad():
         assert torch.equal(teacher(images).score, loaded(images).score)
     assert torch.equal(loaded.prompt_embeddings, teacher.prompt_embeddings)
@@ -426,9 +433,8 @@ def test_single_original_layout_file_loads_through_from_single_file(tmp_path, im
         (config_dir / part).mkdir(parents=True)
         (config_dir / part / "config.json").write_text(json.dumps(preset[part]))
 
-    teacher = DPIQATeacher(
-        preset="tiny", sd_checkpoint=str(tmp_path / "tiny-sd.safetensors"), sd_config=str(config_dir),
-        prompt_embeddings="random",
+    teacher = DPIQATeacher.from_stable_diffusion(
+        tmp_path / "tiny-sd.safetensors", sd_config=str(config_dir), prompt_embeddings="random", preset="tiny",
     )
     for name, value in unet.state_dict().items():
         assert torch.equal(teacher.unet.state_dict()[name], value), name
@@ -450,7 +456,7 @@ def test_single_file_without_prompt_source_says_what_to_give(tmp_path):
         (config_dir / part).mkdir(parents=True)
         (config_dir / part / "config.json").write_text(json.dumps(get_preset("tiny")[part]))
     with pytest.raises(CheckpointError, match="prompt_embeddings"):
-        DPIQATeacher(preset="tiny", sd_checkpoint=str(tmp_path / "sd.safetensors"), sd_config=str(config_dir))
+        DPIQATeacher.from_stable_diffusion(tmp_path / "sd.safetensors", sd_config=str(config_dir), preset="tiny")
 
 
 @pytest.mark.parametrize("width, family", [(768, "sd15"), (1024, "sd21")])
@@ -465,10 +471,10 @@ def test_unknown_single_file_layout_is_a_checkpoint_error():
 
 def test_missing_checkpoint_says_what_to_download_and_which_key(tmp_path):
     with pytest.raises(CheckpointError) as err:
-        DPIQATeacher(sd_checkpoint=str(tmp_path / "stable-diffusion-v1-5"))
+        DPIQATeacher.from_stable_diffusion(tmp_path / "stable-diffusion-v1-5")
     message = str(err.value)
     assert "\n" not in message
     assert "Stable Diffusion v1.5 in diffusers format" in message
     assert "teacher.options.sd_checkpoint" in message
     with pytest.raises(CheckpointError, match="2.1"):
-        DPIQATeacher(preset="sd21", sd_checkpoint=str(tmp_path / "sd21"))
+        DPIQATeacher.from_stable_diffusion(tmp_path / "sd21", preset="sd21")

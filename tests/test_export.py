@@ -14,9 +14,10 @@ from kdiqa.cli.main import main
 from kdiqa.errors import CheckpointError, KdiqaError
 from kdiqa.export import ExportError, ScoreGraph, export_student
 from kdiqa.exported import load_exported, sidecar_path
+from kdiqa.measure import count_parameters
 from kdiqa.predict import predict_paths
 from kdiqa.registry import STUDENTS
-from kdiqa.students.student import load_student, save_student
+from kdiqa.students.base import Student
 
 SIZE = 32
 STUDENTS_UNDER_TEST = {
@@ -41,13 +42,13 @@ def saved(tmp_path_factory) -> dict:
     folders = {}
     for name, options in STUDENTS_UNDER_TEST.items():
         torch.manual_seed(0)
-        folders[name] = save_student(STUDENTS.build("timm", image_size=SIZE, **options), root / name)
+        folders[name] = STUDENTS.build("timm", image_size=SIZE, **options).save_pretrained(root / name)
     return folders
 
 
 def reference(folder, x: torch.Tensor) -> dict:
     with torch.no_grad():
-        return load_student(folder)(x)
+        return Student.from_pretrained(folder)(x)
 
 
 def images(n: int, seed: int) -> torch.Tensor:
@@ -125,12 +126,12 @@ def test_only_the_projector_the_head_reads_is_exported(tmp_path):
     ]
     torch.manual_seed(0)
     student = STUDENTS.build("timm", backbone="kdiqa_cnn_tiny", image_size=SIZE, head="official_mlp", projectors=projectors)
-    folder = save_student(student, tmp_path / "official")
+    folder = student.save_pretrained(tmp_path / "official")
     meta = export_student(folder, "onnx", out=tmp_path / "o.onnx")
     assert meta["parity"]["max_abs_diff"] <= 1e-4
     exported = sum(numpy_helper.to_array(t).size for t in onnx.load(str(tmp_path / "o.onnx")).graph.initializer)
     unused = sum(p.numel() for p in student.projectors[1].parameters())
-    assert unused > 0 and exported <= student.num_parameters() - unused
+    assert unused > 0 and exported <= count_parameters(student) - unused
 
 
 def test_parity_failure_fails_loudly_and_writes_nothing(saved, tmp_path, monkeypatch):
@@ -207,7 +208,7 @@ def test_dynamo_exporter_matches_pytorch(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")  # the torch.export-based exporter's dependency (in the export extra)
     torch.manual_seed(0)
-    folder = save_student(STUDENTS.build("timm", backbone="kdiqa_cnn_tiny", image_size=SIZE, head="dist"), tmp_path / "tiny")
+    folder = STUDENTS.build("timm", backbone="kdiqa_cnn_tiny", image_size=SIZE, head="dist").save_pretrained(tmp_path / "tiny")
     out = tmp_path / "d.onnx"
     meta = export_student(folder, "onnx", out=out, dynamic_batch=True, exporter="dynamo")
     assert meta["onnx"] == {"exporter": "dynamo", "opset": 18} and meta["parity"]["max_abs_diff"] <= 1e-4

@@ -23,7 +23,7 @@ from kdiqa.config import load_recipe
 from kdiqa.data.datamodule import IQADataModule, make_sampler
 from kdiqa.errors import CheckpointError, ConfigError
 from kdiqa.registry import STUDENTS, TEACHERS
-from kdiqa.teacher import load_teacher, save_teacher
+from kdiqa.teachers.base import Teacher
 from kdiqa.teachers.external import MissingFileError, ScoreScale, parse_score_range
 
 SIZE = 24
@@ -189,8 +189,8 @@ def test_saved_pyiqa_teacher_reloads_and_fingerprints_cover_options_and_weights(
     net = fake_pyiqa.FakeCNN(pretrained=None)
     weights = _weights(tmp_path / "w.pth", net)
     teacher = TEACHERS.build("pyiqa", metric="fakecnn", hub_dir=str(hub), weights=weights, features={"fmap": "body.2"})
-    folder = save_teacher(teacher, tmp_path / "teacher")
-    again = load_teacher(folder)
+    folder = teacher.save_pretrained(tmp_path / "teacher")
+    again = Teacher.from_pretrained(folder)
     x = torch.rand(3, 3, SIZE, SIZE)
     torch.testing.assert_close(again(x).score, teacher(x).score)
     torch.testing.assert_close(again(x).features["fmap"], teacher(x).features["fmap"])
@@ -262,7 +262,7 @@ def test_student_distilled_from_a_pyiqa_teacher_end_to_end(source, monkeypatch, 
     assert json.loads((run / "teacher" / "config.json").read_text())["teacher"] == "pyiqa"  # saved as built, not fitted
     assert not (run / "checkpoints" / "teacher").exists()
 
-    teacher = load_teacher(run / "teacher").eval()
+    teacher = Teacher.from_pretrained(run / "teacher").eval()
     batch = _cached_batch(recipe, overrides, run)
     with torch.no_grad():
         direct = teacher(batch["image"])
@@ -284,12 +284,11 @@ def exported(tmp_path_factory):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnx")
     from kdiqa.export import export_student
-    from kdiqa.students.student import save_student
 
     root = tmp_path_factory.mktemp("onnx")
     torch.manual_seed(0)
     student = STUDENTS.build("timm", backbone="kdiqa_cnn_tiny", head="pooled_mlp", image_size=SIZE)
-    folder = save_student(student, root / "student")
+    folder = student.save_pretrained(root / "student")
     export_student(folder, "onnx", out=root / "student.onnx", dynamic_batch=True)
     return root / "student.onnx"
 
@@ -300,7 +299,7 @@ def test_kdiqa_export_fills_the_options_and_scores_like_onnxruntime(exported, tm
     teacher = TEACHERS.build("onnx", path=str(exported))
     cfg = teacher.config
     assert (cfg["input_size"], cfg["input_range"], cfg["output"], cfg["score_range"]) == ([SIZE, SIZE], [0.0, 1.0], "score", [0.0, 1.0])
-    assert cfg["path"] is None and len(cfg["initialised_from"]["blake2b"]) == 32
+    assert "path" not in cfg and len(cfg["initialised_from"]["blake2b"]) == 32
     x = torch.rand(3, 3, SIZE, SIZE)
     session = onnxruntime.InferenceSession(str(exported), providers=["CPUExecutionProvider"])
     direct = session.run(["score"], {"images": x.numpy()})[0]
@@ -310,9 +309,9 @@ def test_kdiqa_export_fills_the_options_and_scores_like_onnxruntime(exported, tm
     # the saved teacher holds the model's bytes: it reloads with the .onnx file gone
     copy = tmp_path / "copy.onnx"
     copy.write_bytes(exported.read_bytes())
-    folder = save_teacher(TEACHERS.build("onnx", path=str(copy)), tmp_path / "teacher")
+    folder = TEACHERS.build("onnx", path=str(copy)).save_pretrained(tmp_path / "teacher")
     copy.unlink()
-    again = load_teacher(folder)
+    again = Teacher.from_pretrained(folder)
     torch.testing.assert_close(again(x).score, teacher(x).score)
     assert teacher_fingerprint(again) == teacher_fingerprint(teacher)
     assert teacher_fingerprint(TEACHERS.build("onnx", path=str(exported), score_range=[0, 2])) != teacher_fingerprint(teacher)
@@ -402,8 +401,10 @@ def test_student_distilled_from_an_onnx_teacher_end_to_end(exported, tmp_path, b
     np.testing.assert_allclose(batch["teacher"]["score"].numpy(), direct.reshape(-1), rtol=0, atol=1e-6)
 
     from kdiqa.bench import run_bench
+    from kdiqa.run import RunDir
 
-    rows = run_bench(load_recipe(recipe, overrides), run, ["kdiqa_cnn_tiny"], teacher="trained", repeats=1, teacher_repeats=1,
+    cfg = load_recipe(recipe, overrides)
+    rows = run_bench(cfg, RunDir.of(cfg), ["kdiqa_cnn_tiny"], teacher="trained", repeats=1, teacher_repeats=1,
                      warmup=0, batch=2, teacher_batch=2, say=lambda _: None)
     row = next(r for r in rows if r.kind == "teacher")
     assert row.model == "teacher onnx (trained)" and "onnxruntime" in row.note and row.latency_ms > 0
@@ -475,7 +476,7 @@ def test_plugin_teacher_installed_through_its_entry_point(tmp_path, monkeypatch,
         recipe = _recipe(tmp_path, blur_dataset, "teacher: {name: sharpness, options: {gain: 6}}\n")
         overrides = [*KD, "cache.features=[edges]", "distill.features=[{target: edges, tap: -1, kind: conv, loss: mse, weight: 0.5}]"]
         assert main(["run", recipe, *overrides]) == 0
-        teacher = load_teacher(tmp_path / "run" / "teacher")
+        teacher = Teacher.from_pretrained(tmp_path / "run" / "teacher")
         assert type(teacher).__module__ == "kdiqa_plugin_example" and teacher.config == {"gain": 6.0}
         assert "student_kd" in json.loads((tmp_path / "run" / "metrics.json").read_text())
     finally:

@@ -332,12 +332,6 @@ def test_missing_label_file_says_where_it_is_expected(tmp_path):
         load("ava", tmp_path / "nowhere")
 
 
-def test_bad_on_bad_row_value(tmp_path):
-    for name in ("koniq10k", "csv", "livec"):
-        with pytest.raises(ConfigError, match="on_bad_row must be one of 'error', 'skip', got 'ignore'"):
-            load(name, tmp_path, on_bad_row="ignore")
-
-
 def test_skip_mode_counts_and_describes_rows(tmp_path):
     root = kadid(tmp_path, extra="I09_01_01.png,I09.png,3.0,0.5\nI01_01_05.png,I01.png,abc,0.5\n")
     ds = load("kadid10k", root, on_bad_row="skip")

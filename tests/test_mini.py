@@ -11,19 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-import kdiqa.data.mini as mini_module
+import kdiqa.data.mini.dataset as mini_dataset
 from kdiqa.data.distortions import DISTORTIONS, apply_distortion
-from kdiqa.data.mini import (
-    PHOTO_KINDS,
-    PHOTOGRAPHS,
-    is_flat,
-    make_mini,
-    make_sample,
-    ms_ssim,
-    pseudo_mos,
-    random_crop,
-    split_photographs,
-)
+from kdiqa.data.mini import PHOTO_KINDS, PHOTOGRAPHS, make_mini, split_photographs
+from kdiqa.data.mini.label import MS_SSIM_BETAS, ms_ssim, pseudo_mos
+from kdiqa.data.mini.synthesis import is_flat, make_sample, random_crop
 from kdiqa.errors import DataError
 from kdiqa.registry import DATASETS
 
@@ -62,7 +54,7 @@ def test_csv_format_and_contents(built):
         with Image.open(root / r["path"]) as im:
             assert im.size == (32, 32) and im.mode == "RGB"
     meta = json.loads((root / "meta.json").read_text())
-    assert meta["version"] == mini_module.VERSION and meta["seed"] == 3 and meta["size"] == 32
+    assert meta["version"] == mini_dataset.VERSION and meta["seed"] == 3 and meta["size"] == 32
     assert meta["counts"] == {"train": 24, "val": 8, "test": 8}
     assert set(meta["distortions"]) == set(DISTORTIONS)
     assert sum(meta["samples_per_distortion"].values()) == 40
@@ -128,7 +120,7 @@ def test_ms_ssim_matches_torchmetrics(one_thread):
     dist = np.stack([apply_distortion(r, k, 0.6, rng) for r, k in zip(ref, kinds, strict=True)])
     x = torch.from_numpy(dist).permute(0, 3, 1, 2).double()
     y = torch.from_numpy(ref).permute(0, 3, 1, 2).double()
-    betas = tuple(b / sum(mini_module.MS_SSIM_BETAS) for b in mini_module.MS_SSIM_BETAS)
+    betas = tuple(b / sum(MS_SSIM_BETAS) for b in MS_SSIM_BETAS)
     expected = tm_ms_ssim(x, y, data_range=255.0, betas=betas, reduction="none")
     assert torch.allclose(ms_ssim(x, y), expected, atol=2e-5)
     assert 0.05 < float(expected.min()) and float(expected.max()) < 0.999  # the check is not vacuous
@@ -184,14 +176,14 @@ def test_incomplete_folders_are_never_taken_as_complete(built, tmp_path):
     (root / "images" / "val" / "000000.png").unlink()
     make_mini(root, **TINY)
     assert (root / "images" / "val" / "000000.png").is_file()
-    assert json.loads((root / "meta.json").read_text())["params"]["version"] == mini_module.VERSION
+    assert json.loads((root / "meta.json").read_text())["params"]["version"] == mini_dataset.VERSION
 
 
 def test_interrupted_build_leaves_nothing(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(mini_module, "_write_tables", boom)
+    monkeypatch.setattr(mini_dataset, "_write_tables", boom)
     with pytest.raises(KeyboardInterrupt):
         make_mini(tmp_path / "mini", **TINY)
     assert list(tmp_path.iterdir()) == []

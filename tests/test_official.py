@@ -19,8 +19,10 @@ from torch import nn
 
 from kdiqa.cli.main import main
 from kdiqa.errors import CheckpointError, ConfigError
+from kdiqa.measure import count_parameters
 from kdiqa.registry import STUDENTS
-from kdiqa.teacher import load_teacher
+from kdiqa.students.base import Student, build_student
+from kdiqa.teachers.base import Teacher
 from kdiqa.teachers.dpiqa import DPIQATeacher
 from kdiqa.teachers.dpiqa.presets import get_preset, packaged_config
 
@@ -220,8 +222,8 @@ def tiny_files(tmp_path_factory):
 
 
 def tiny_teacher(files, weights=None, **options) -> DPIQATeacher:
-    return DPIQATeacher(preset="tiny", official_weights=str(weights or files["weights"]),
-                        prompt_embeddings=str(files["embeddings"]), **options).eval()
+    return DPIQATeacher.from_official(weights or files["weights"], preset="tiny",
+                                      prompt_embeddings=str(files["embeddings"]), **options).eval()
 
 
 def expected_homes(levels: int, head_layers: int) -> dict[str, str]:
@@ -266,6 +268,7 @@ def assert_every_key_landed(theirs: dict[str, torch.Tensor], teacher: DPIQATeach
 
 
 # ------------------------------------------------------------------ teacher: parity
+@pytest.mark.slow
 def test_sd15_width_official_file_scores_exactly_like_the_official_forward(tmp_path, capsys):
     official = build_official(SD_UNET, SD_VAE, 1, {})
     path = tmp_path / "koniq_model_plcc_best.pth"
@@ -276,9 +279,9 @@ def test_sd15_width_official_file_scores_exactly_like_the_official_forward(tmp_p
     del official  # the file is the reference from here on: one copy of the weights in memory at a time
 
     try:
-        teacher = DPIQATeacher(official_weights=str(path), prompt_embeddings=str(embeddings), **SD_OPTIONS).eval()
+        teacher = DPIQATeacher.from_official(path, prompt_embeddings=str(embeddings), **SD_OPTIONS).eval()
         assert "ignored 7 keys" in capsys.readouterr().err  # bnc1 (5) + classifier_dist (2), said once
-        assert teacher.config["input_range"] == "[0,1]" and teacher.config["official_weights"] is None
+        assert teacher.config["input_range"] == "[0,1]" and "official_weights" not in teacher.config
         assert teacher.config["initialised_from"]["official_weights"] == str(path)
         assert_every_key_landed(torch.load(path, weights_only=True, mmap=True), teacher, levels=4, head_layers=3)
         with torch.no_grad():
@@ -366,9 +369,9 @@ def test_bad_files_are_one_line_checkpoint_errors(tiny_files, tmp_path):
 
 def test_official_weights_need_prompts_and_exclude_sd_checkpoint(tiny_files):
     with pytest.raises(CheckpointError, match="holds no prompt embeddings.*quality_embeddings.pth"):
-        DPIQATeacher(preset="tiny", official_weights=str(tiny_files["weights"]))
+        DPIQATeacher.from_official(tiny_files["weights"], preset="tiny")
     with pytest.raises(ConfigError, match="official_weights or sd_checkpoint"):
-        DPIQATeacher(official_weights=str(tiny_files["weights"]), sd_checkpoint="/x", prompt_embeddings="random")
+        DPIQATeacher.from_options(official_weights=str(tiny_files["weights"]), sd_checkpoint="/x", prompt_embeddings="random")
     with pytest.warns(UserWarning, match=r"trained on images in \[0, 1\]"):
         tiny_teacher(tiny_files, input_range="[-1,1]")
 
@@ -383,9 +386,9 @@ def test_convert_teacher_then_load_predict_and_recipe_checkpoint(tiny_files, tmp
     assert not list(tmp_path.glob(".dpiqa-tiny*"))  # the temporary folder is gone
     config = json.loads((out / "config.json").read_text())
     assert config["teacher"] == "dpiqa" and config["config"]["input_range"] == "[0,1]"
-    assert config["config"]["official_weights"] is None and config["config"]["prompt_embeddings"] is None
+    assert "official_weights" not in config["config"] and "prompt_embeddings" not in config["config"]
 
-    teacher = load_teacher(out)
+    teacher = Teacher.from_pretrained(out)
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         got = teacher(images)
@@ -493,7 +496,7 @@ def test_official_student_key_layout_at_b7_matches_torchvision():
 def test_official_student_parity(student_file, capsys):
     reference, path = student_file
     student = STUDENTS.build("dpiqa_official", backbone="efficientnet_b0", image_size=64, weights=str(path)).eval()
-    assert student.config["weights"] is None and student.config["initialised_from"] == str(path)
+    assert "weights" not in student.config and student.config["initialised_from"] == str(path)
     x = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(7))
     with torch.no_grad():
         out = student(x)
@@ -505,14 +508,13 @@ def test_official_student_parity(student_file, capsys):
     assert d_score <= 1e-4 and d_map <= 1e-4
 
 
+@pytest.mark.slow
 def test_official_student_converts_saves_loads_predicts_and_exports(student_file, tmp_path, capsys):
     reference, path = student_file
     out = tmp_path / "student"
     assert main(["convert", "dpiqa-official-student", str(path), "-o", str(out), "--backbone", "efficientnet_b0",
                  "--image-size", "64"]) == 0
-    from kdiqa import load_student
-
-    student = load_student(out)
+    student = Student.from_pretrained(out)
     x = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(8))
     with torch.no_grad():
         torch.testing.assert_close(student(x)["score"], reference(x)[0].squeeze(1), rtol=0, atol=1e-4)
@@ -537,37 +539,37 @@ def test_official_student_options_are_checked(student_file):
                        projectors=[{"target": "quality_map", "shape": [8, 32, 32], "kind": "official"}])
 
 
+@pytest.mark.slow
 def test_official_student_distils_evaluates_predicts_and_benches(toy_recipe, tmp_path, capsys):
     """dpiqa_official wherever a student goes: built by the distill stage from the cache's shapes, saved,
     evaluated, predicted with, and timed by bench (as itself, at its default B7)."""
     from kdiqa.bench import run_bench
     from kdiqa.config import load_recipe
-    from kdiqa.distill.stages import KD, STUDENTS_DIR, stage_cache, stage_distill
     from kdiqa.registry import TEACHERS
     from kdiqa.run import prepare_run
-    from kdiqa.stages import stage_eval
-    from kdiqa.teacher import save_teacher
+    from kdiqa.stages import stage_cache, stage_distill, stage_eval
+    from kdiqa.stages.distill import KD
 
     recipe = load_recipe(toy_recipe, [
         "student.name=dpiqa_official", "student.options.backbone=efficientnet_b0",
         "distill.features=[{target: quality_map, tap: -1, kind: official, loss: mse, weight: 1.0}]",
         "distill.teacher_score=[]", "cache.views_per_image=1", "cache.batch_size=16", "trainer.max_epochs=1", "views.size=32",
     ])
-    run_dir = prepare_run(recipe)
+    run = prepare_run(recipe)
     torch.manual_seed(0)
-    save_teacher(TEACHERS.build("toy"), run_dir / "teacher")
-    stage_cache(recipe, run_dir)
-    summary = stage_distill(recipe, run_dir)
+    TEACHERS.build("toy").save_pretrained(run.teacher)
+    stage_cache(recipe, run)
+    summary = stage_distill(recipe, run)
     assert "test" in summary
-    folder = run_dir / STUDENTS_DIR / KD
+    folder = run.student(KD)
     config = json.loads((folder / "config.json").read_text())
     assert config["student"] == "dpiqa_official" and config["config"]["projectors"][0]["shape"] == [4, 16, 16]
-    assert set(stage_eval(recipe, run_dir, checkpoint=folder)) == {"train", "val", "test"}
+    assert set(stage_eval(recipe, run, checkpoint=folder)) == {"train", "val", "test"}
     capsys.readouterr()
-    assert main(["predict", str(run_dir.parent / "blur" / "imgs" / "000.png"), "--model", str(folder)]) == 0
+    assert main(["predict", str(run.root.parent / "blur" / "imgs" / "000.png"), "--model", str(folder)]) == 0
     assert capsys.readouterr().out.count("\n") == 2
-    rows = run_bench(recipe, run_dir, ["dpiqa_official"], teacher="none", repeats=1, warmup=0, batch=1, say=lambda _: None)
-    assert rows[0].model == "dpiqa_official" and rows[0].params == STUDENTS.build("dpiqa_official", image_size=32).num_parameters()
+    rows = run_bench(recipe, run, ["dpiqa_official"], teacher="none", repeats=1, warmup=0, batch=1, say=lambda _: None)
+    assert rows[0].model == "dpiqa_official" and rows[0].params == count_parameters(STUDENTS.build("dpiqa_official", image_size=32))
 
 
 def test_official_distill_recipes_take_the_official_student():
@@ -575,9 +577,7 @@ def test_official_distill_recipes_take_the_official_student():
 
     recipe = load_recipe("distill/koniq10k.yaml", ["data.root=/d", "teacher.checkpoint=/t", "student.name=dpiqa_official"])
     with torch.device("meta"):
-        from kdiqa.distill.stages import build_student
-
-        student = build_student(recipe, {"quality_map": (8, 64, 64)})
+        student = build_student(recipe.student, recipe.views.size, recipe.distill.features, {"quality_map": (8, 64, 64)})
     assert student.name == "dpiqa_official" and student.config["backbone"] == "efficientnet_b7"
     assert student.config["image_size"] == 512 and student.tap_shapes == [(2560, 16, 16)]
 
@@ -588,7 +588,7 @@ def test_official_teacher_loads_weightless_then_takes_the_file_tensors(tiny_file
 
     state = read_official_teacher(tiny_files["weights"])
     with torch.device("meta"):
-        teacher = DPIQATeacher(preset="tiny", prompt_embeddings="random")
+        teacher = DPIQATeacher.from_prompts(preset="tiny", prompt_embeddings="random")
     load_official_teacher(teacher, state, tiny_files["weights"])
     assert teacher.decoder.fuse[0].weight.data_ptr() == state["QFD.fuse_conv.weight"].data_ptr()
     assert teacher.unet.conv_in.weight.data_ptr() == state["unet.conv_in.weight"].data_ptr()
@@ -597,7 +597,6 @@ def test_official_teacher_loads_weightless_then_takes_the_file_tensors(tiny_file
 @pytest.mark.parametrize("dataset", ["koniq10k", "livec", "spaq"])
 def test_released_recipes_distil_light_students_from_the_converted_teacher(dataset):
     from kdiqa.config import load_recipe
-    from kdiqa.distill.stages import build_student
 
     for backbone in ("efficientnet_b0", "mobilenetv3_large_100"):
         recipe = load_recipe(f"dpiqa/released_{dataset}.yaml", ["data.root=/d", "teacher.checkpoint=/t", f"student.options.backbone={backbone}"])
@@ -605,16 +604,14 @@ def test_released_recipes_distil_light_students_from_the_converted_teacher(datas
         assert [(p.target, p.kind) for p in recipe.distill.features] == [("quality_map", "official")]
         assert recipe.name == f"dpiqa-released-{dataset}-{backbone}"
     with torch.device("meta"):
-        student = build_student(recipe, {"quality_map": (8, 64, 64)})
+        student = build_student(recipe.student, recipe.views.size, recipe.distill.features, {"quality_map": (8, 64, 64)})
     assert student.feature_shapes() == {"quality_map": (8, 64, 64)}
 
 
 def test_load_teacher_reads_weights_once_bit_exact_and_rejects_a_truncated_file(tiny_files, tmp_path):
-    from kdiqa.teacher import save_teacher
-
     teacher = tiny_teacher(tiny_files)
-    folder = save_teacher(teacher, tmp_path / "t")
-    loaded = load_teacher(folder).eval()
+    folder = teacher.save_pretrained(tmp_path / "t")
+    loaded = Teacher.from_pretrained(folder).eval()
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(9))
     with torch.no_grad():
         assert torch.equal(loaded(images).score, teacher(images).score)
@@ -622,7 +619,7 @@ def test_load_teacher_reads_weights_once_bit_exact_and_rejects_a_truncated_file(
     data = (folder / "model.safetensors").read_bytes()
     (folder / "model.safetensors").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match=r"model\.safetensors: cannot read weights \(EOFError"):
-        load_teacher(folder)
+        Teacher.from_pretrained(folder)
     (folder / "model.safetensors").write_bytes(b"\xff" * 64)
     with pytest.raises(CheckpointError, match="bad header length"):
-        load_teacher(folder)
+        Teacher.from_pretrained(folder)

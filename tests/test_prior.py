@@ -25,7 +25,7 @@ def test_pretraining_lowers_both_losses_and_saves_a_folder_the_teacher_loads(tmp
     out = save_prior(vae, unet, tmp_path / "prior", {"what": "test"})
     assert json.loads((out / "prior.json").read_text()) == {"what": "test"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prior"]  # nothing left beside it
-    teacher = DPIQATeacher(preset="tiny", sd_checkpoint=str(out), prompt_embeddings="random")
+    teacher = DPIQATeacher.from_stable_diffusion(out, prompt_embeddings="random", preset="tiny")
     assert torch.equal(teacher.unet.conv_in.weight, unet.conv_in.weight)
     assert torch.equal(teacher.vae.encoder.conv_in.weight, vae.encoder.conv_in.weight)
     assert teacher(torch.rand(2, 3, 64, 64)).score.shape == (2,)
@@ -34,7 +34,7 @@ def test_pretraining_lowers_both_losses_and_saves_a_folder_the_teacher_loads(tmp
 def test_the_packaged_prior_is_the_tiny_architecture_and_loads_from_any_directory(tmp_path, monkeypatch):
     assert (PACKAGE_ROOT / PACKAGED / "prior.json").is_file(), "run: python -m kdiqa.teachers.dpiqa.prior --out " + PACKAGED
     monkeypatch.chdir(tmp_path)  # a relative path that only exists under the installation
-    teacher = DPIQATeacher(preset="tiny", sd_checkpoint=PACKAGED, prompt_embeddings="random")
+    teacher = DPIQATeacher.from_stable_diffusion(PACKAGED, prompt_embeddings="random", preset="tiny")
     tiny = get_preset("tiny")
     for part in ("unet", "vae"):
         config = teacher.config[part]
@@ -42,7 +42,7 @@ def test_the_packaged_prior_is_the_tiny_architecture_and_loads_from_any_director
     provenance = json.loads((PACKAGE_ROOT / PACKAGED / "prior.json").read_text())
     assert provenance["source"]["data"]["split"] == "train" and "teachers.dpiqa.prior" in provenance["command"]
     with pytest.raises(CheckpointError, match="not found"):
-        DPIQATeacher(preset="tiny", sd_checkpoint="teachers/dpiqa/weights/no-such-prior")
+        DPIQATeacher.from_stable_diffusion("teachers/dpiqa/weights/no-such-prior", preset="tiny")
 
 
 def test_the_tiny_recipes_use_the_packaged_prior():

@@ -37,17 +37,8 @@ from conftest import ToyTeacher, make_blur_dataset
 from PIL import Image
 from test_cache import assert_same_arrays, build, child_build, make_samples
 
-import kdiqa.cache  # noqa: F401 - what the CLI imports lazily, imported once here so that every
-import kdiqa.distill.cache_check  # noqa: F401   forked `kdiqa` child starts with it (else seconds each)
-import kdiqa.distill.module  # noqa: F401
-import kdiqa.distill.stages  # noqa: F401
-import kdiqa.evaluate  # noqa: F401
-import kdiqa.predict  # noqa: F401
-import kdiqa.stages  # noqa: F401
-import kdiqa.trainer  # noqa: F401
-import kdiqa.students.student  # noqa: F401
+import kdiqa.cli.commands  # noqa: F401 - what the CLI imports lazily: imported here, every forked child starts with it
 from kdiqa.cli.main import main
-from kdiqa.teacher import save_teacher
 
 SEEDS = list(range(int(os.environ.get("KDIQA_FAULT_SEEDS", "3"))))
 TRIALS: Counter[str] = Counter()  # "<kind> run" / "<kind> passed", for benchmarks/faults.py
@@ -151,9 +142,9 @@ def world(tmp_path_factory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("faults")
     make_blur_dataset(root / "blur", n=30, size=24)
     torch.manual_seed(0)
-    save_teacher(ToyTeacher(), root / "teacher")
+    ToyTeacher().save_pretrained(root / "teacher")
     torch.manual_seed(1)
-    save_teacher(ToyTeacher(), root / "other-teacher")  # same config, other weights
+    ToyTeacher().save_pretrained(root / "other-teacher")  # same config, other weights
     recipe = root / "r.yaml"
     recipe.write_text(textwrap.dedent(f"""
         name: faults
@@ -242,6 +233,7 @@ def pool_reference(world: dict[str, Any]) -> tuple[list[str], Path]:
     return world["pool"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", SEEDS)
 def test_distill_killed_at_random_points_ends_as_the_uninterrupted_run(world, tmp_path, seed):
     """Same weights and the same metrics.csv, every epoch kept, whatever instant the kills hit.
@@ -501,7 +493,7 @@ def _save(obj: Any) -> Any:
 
 # --------------------------------------------------------------------------------- leftovers
 def test_leftovers_of_killed_writes_are_removed_by_the_next_write(tmp_path, monkeypatch):
-    import kdiqa.cache.writer as writer
+    import kdiqa.cache.partial as partial_file
     from kdiqa.io import _HOST, write_json
 
     with trial("leftovers"):
@@ -519,7 +511,7 @@ def test_leftovers_of_killed_writes_are_removed_by_the_next_write(tmp_path, monk
         # the source stayed beside the cache forever; the next run removes it
         samples = make_samples(tmp_path / "images", 6)
         path = tmp_path / "c.h5"
-        monkeypatch.setattr(writer, "_finalise", lambda partial, target, compression: writer._repack(partial, target, compression))
+        monkeypatch.setattr(partial_file, "finish", lambda source, target, compression: partial_file._repack(source, target, compression))
         build(path, samples, compression="gzip")
         monkeypatch.undo()
         assert path.with_name("c.h5.partial").exists()

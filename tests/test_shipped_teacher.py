@@ -13,10 +13,10 @@ from PIL import Image
 from kdiqa.config import load_recipe
 from kdiqa.config.loader import PACKAGE_ROOT
 from kdiqa.data.mini import load_photographs, make_mini, split_photographs
-from kdiqa.data.mini_stream import LabelledCropStream, augmented_reference, augmented_sample
+from kdiqa.data.mini.stream import LabelledCropStream, augmented_reference, augmented_sample
 from kdiqa.errors import DataError
-from kdiqa.stages import trained_teacher_path
-from kdiqa.teacher import load_teacher
+from kdiqa.run import RunDir
+from kdiqa.teachers.base import Teacher
 
 SHIPPED = "teachers/dpiqa/weights/tiny-quality"
 
@@ -71,6 +71,7 @@ def test_held_out_photographs_replace_the_seeded_split(tmp_path):
             make_mini(tmp_path / "bad", size=32, n_train=2, n_val=2, n_test=2, held_out=bad, progress=False)
 
 
+@pytest.mark.slow
 def test_the_fitting_tool_writes_a_teacher_folder_with_its_provenance(tmp_path, one_thread):
     from kdiqa.teachers.dpiqa.quality import main
 
@@ -83,7 +84,7 @@ def test_the_fitting_tool_writes_a_teacher_folder_with_its_provenance(tmp_path, 
     assert provenance["steps"] == 3 and [c["step"] for c in provenance["curve"]] == [2, 3]
     assert provenance["best_step"] in (2, 3) and set(provenance["test"]) >= {"srcc", "plcc", "pred_std_over_label_std"}
     assert "teachers.dpiqa.quality" in provenance["command"] and provenance["data"]["photographs"]["test"]
-    teacher = load_teacher(out)
+    teacher = Teacher.from_pretrained(out)
     assert teacher.config["latent_stats"] is not None  # fitted on stream views and saved with the weights
     assert teacher(torch.rand(2, 3, 64, 64)).score.shape == (2,)
 
@@ -93,10 +94,10 @@ def test_the_quickstart_loads_the_shipped_teacher_from_any_directory(tmp_path, m
     assert recipe.teacher.checkpoint == SHIPPED and "fit_teacher" not in recipe.stages
     assert recipe.data.unlabelled.mini >= 5 * recipe.data.options["n_train"] and recipe.data.options["n_train"] <= 1000
     monkeypatch.chdir(tmp_path)
-    path = trained_teacher_path(recipe, tmp_path)
+    path = RunDir(tmp_path, recipe.teacher.checkpoint).teacher
     assert path == PACKAGE_ROOT / SHIPPED
     provenance = json.loads((path / "provenance.json").read_text())
     assert provenance["data"]["photographs"] == split_photographs(list(load_photographs()), 0)  # the quickstart's split
     assert provenance["test"]["srcc"] > 0.3 and provenance["test"]["pred_std_over_label_std"] > 0.3
-    teacher = load_teacher(path)
+    teacher = Teacher.from_pretrained(path)
     assert teacher(torch.rand(2, 3, 64, 64)).score.shape == (2,)

@@ -16,8 +16,10 @@ from kdiqa.config import load_recipe
 from kdiqa.config.schema import FitConfig, LossTerm
 from kdiqa.errors import CheckpointError, ConfigError
 from kdiqa.fit import MOSFitModule
+from kdiqa.measure import predicted_score
 from kdiqa.registry import TEACHERS
-from kdiqa.teacher import TeacherOutput, load_teacher, save_teacher
+from kdiqa.students.base import Student
+from kdiqa.teachers.base import Teacher, TeacherOutput
 from kdiqa.teachers.tanet import TANetTeacher, official_key
 from kdiqa.teachers.tanet.model import pool_to_bins
 
@@ -115,18 +117,18 @@ def test_released_checkpoint_names_map_onto_every_parameter(tmp_path):
     path = tmp_path / "SRCC_758_LCC_765.pth"
     torch.save({f"module.{k}": v for k, v in state.items()}, path)  # as saved from DataParallel
 
-    model = TANetTeacher(task="ava", preset="official", checkpoint=str(path)).eval()
+    model = TANetTeacher.from_official(path, task="ava", preset="official").eval()
     ours = model.state_dict()
     for key, value in state.items():
         assert torch.equal(ours[official_key(key)], value), key
     assert len(state) == len(ours)  # a bijection: nothing left unset
-    assert model.config["checkpoint"] is None and model.config["initialised_from"] == {"checkpoint": str(path)}
+    assert "checkpoint" not in model.config and model.config["initialised_from"] == {"checkpoint": str(path)}
 
     # the TAD66K checkpoint into an AVA model: one line naming the key and the fix
     tad_path = tmp_path / "SRCC_513_LCC_531_MSE_016.pth"
     torch.save(_official_tanet_state("tad66k"), tad_path)
     with pytest.raises(CheckpointError, match=r"fusion_head\.fc\.weight.*\(1, 30\).*task: tad66k") as err:
-        TANetTeacher(task="ava", preset="official", checkpoint=str(tad_path))
+        TANetTeacher.from_official(tad_path, task="ava", preset="official")
     assert len(str(err.value).splitlines()) == 1
 
 
@@ -142,7 +144,7 @@ def test_aesthetic_branch_computes_what_the_official_mobilenet_computes(tmp_path
                 m.weight.uniform_(1.0, 3.0)
     path = tmp_path / "mobilenetv2.pth.tar"
     torch.save({"state_dict": {f"features.{k}": v for k, v in reference.state_dict().items()}}, path)
-    model = TANetTeacher(task="tad66k", preset="official", mobilenet_weights=str(path)).eval()
+    model = TANetTeacher.from_parts(mobilenet_weights=str(path), task="tad66k", preset="official").eval()
     x = torch.randn(1, 3, 96, 96)
     with torch.no_grad():
         expected = reference(x)
@@ -157,20 +159,20 @@ def test_places365_weights_load_and_a_saved_teacher_needs_no_weight_files(tmp_pa
     state = {f"module.{k}": v for k, v in places.state_dict().items() if not k.endswith("num_batches_tracked")}
     path = tmp_path / "resnet18_places365.pth.tar"
     torch.save({"epoch": 90, "arch": "resnet18", "state_dict": state}, path)
-    teacher = TANetTeacher(task="ava", preset="official", theme_weights=str(path)).eval()
+    teacher = TANetTeacher.from_parts(theme_weights=str(path), task="ava", preset="official").eval()
     x = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(teacher.theme.backbone(x), places.eval()(x))
         before = teacher(x)
-    save_teacher(teacher, tmp_path / "saved")
+    teacher.save_pretrained(tmp_path / "saved")
     path.unlink()
-    again = load_teacher(tmp_path / "saved").eval()
+    again = Teacher.from_pretrained(tmp_path / "saved").eval()
     assert again.config["initialised_from"] == {"theme_weights": str(path)}
     with torch.no_grad():
         torch.testing.assert_close(again(x).dist, before.dist)
 
     with pytest.raises(CheckpointError, match="not found"):
-        TANetTeacher(preset="tiny", theme_weights=str(tmp_path / "nope.pth.tar"))
+        TANetTeacher.from_parts(theme_weights=str(tmp_path / "nope.pth.tar"), preset="tiny")
 
 
 def test_info_describes_the_presets(capsys):
@@ -278,7 +280,7 @@ def test_fit_loss_on_the_distribution_is_nima_emd():
     module = MOSFitModule(_FixedDist(pred), fit)
     batch = {"image": torch.zeros(2, 3, 4, 4), "mos": torch.tensor([0.5, 0.5]), "dist": label}
     out = module(batch["image"])
-    total, parts = module.label_loss(module.score_fn(out), batch["mos"], *module._dists(out, batch))
+    total, parts = module.label_loss(predicted_score(out), batch["mos"], *module._dists(out, batch))
     assert parts["dist/emd"].item() == pytest.approx(by_hand)
     assert total.item() == pytest.approx(by_hand + 0.5 * 0.25)
 
@@ -370,13 +372,12 @@ def test_tiny_aesthetics_runs_end_to_end(tmp_path, name):
     """Fit a tiny TANet on AVA votes or TAD66K scores, cache it, distil it into a dist-head student."""
     from kdiqa.cache import CachedViews
     from kdiqa.data.datamodule import IQADataModule, make_sampler
-    from kdiqa.students.student import load_student
 
     root = make_ava(tmp_path / "AVA") if name == "ava" else make_tad66k(tmp_path / "TAD66K")
     fit_dir, kd_dir = tmp_path / "fit", tmp_path / "kd"
     tiny_teacher = ["teacher.options.preset=tiny", "teacher.options.theme_weights=null"]
     assert main(["run", f"recipes/tanet/{name}.yaml", *_tiny(root, fit_dir), *tiny_teacher]) == 0
-    teacher = load_teacher(fit_dir / "teacher")
+    teacher = Teacher.from_pretrained(fit_dir / "teacher")
     assert teacher.config["task"] == name and teacher.config["preset"] == "tiny"
     assert -1 <= json.loads((fit_dir / "metrics.json").read_text())["teacher"]["test"]["srcc"] <= 1
 
@@ -384,7 +385,7 @@ def test_tiny_aesthetics_runs_end_to_end(tmp_path, name):
     student = ["student.options.backbone=kdiqa_cnn_tiny", "cache.views_per_image=2", stages]
     recipe_args = [*_tiny(root, kd_dir), f"teacher.checkpoint={fit_dir / 'teacher'}", *student]
     assert main(["run", f"recipes/tanet/distill_{name}.yaml", *recipe_args]) == 0
-    out = load_student(kd_dir / "students" / "kd")(torch.rand(2, 3, 32, 32))
+    out = Student.from_pretrained(kd_dir / "students" / "kd")(torch.rand(2, 3, 32, 32))
     assert out["dist"].shape == (2, 10) and out["score"].shape == (2,)
     assert {"train/kd_score/mse", "train/label/mse"} <= _logged(kd_dir, "student_kd")
     if name == "tad66k":

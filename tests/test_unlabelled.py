@@ -17,8 +17,8 @@ from PIL import Image
 from test_cache import FakeTeacher, build, make_sampler, make_samples
 from torch import nn
 
-import kdiqa.cache.writer as writer
-import kdiqa.distill.stages as distill_stages
+import kdiqa.cache.partial as partial_file
+import kdiqa.stages.distill as student_stages
 from kdiqa.cache import CachedViews, cache_info, dataset_fingerprint, format_cache_info
 from kdiqa.cli.main import main
 from kdiqa.config import load_recipe
@@ -30,7 +30,7 @@ from kdiqa.distill.module import DistillModule
 from kdiqa.errors import ConfigError, DataError
 from kdiqa.registry import TEACHERS
 from kdiqa.run import prepare_run
-from kdiqa.teacher import save_teacher
+from kdiqa.stages import stage_cache
 
 KD_SETTINGS = [
     "student.options.backbone=kdiqa_cnn_tiny",
@@ -200,7 +200,7 @@ def test_resumed_and_sharded_caches_with_a_pool_equal_the_uninterrupted_one(tmp_
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         build(tmp_path / "clean.h5", samples)
-        original, calls = writer._write_batch, []
+        original, calls = partial_file.write_batch, []
 
         def interrupted(sink, batch, arrays):
             if len(calls) == 6:  # batches of 4 rows: the corrupt image's rows 21-23 are in the 6th, already written
@@ -208,10 +208,10 @@ def test_resumed_and_sharded_caches_with_a_pool_equal_the_uninterrupted_one(tmp_
             calls.append(1)
             original(sink, batch, arrays)
 
-        monkeypatch.setattr(writer, "_write_batch", interrupted)
+        monkeypatch.setattr(partial_file, "write_batch", interrupted)
         with pytest.raises(KeyboardInterrupt):
             build(tmp_path / "c.h5", samples)
-        monkeypatch.setattr(writer, "_write_batch", original)
+        monkeypatch.setattr(partial_file, "write_batch", original)
         assert (tmp_path / "c.h5.partial").exists() and not (tmp_path / "c.h5").exists()
     with pytest.warns(UserWarning, match="skipped 1 unreadable unlabelled image") as said:
         resumed = build(tmp_path / "c.h5", samples)
@@ -288,34 +288,34 @@ def pool_run(toy_recipe, tmp_path):
 
     def make(*overrides: str):
         recipe = load_recipe(toy_recipe, [*KD_SETTINGS, f"data.unlabelled.folder={folder}", *overrides])
-        run_dir = prepare_run(recipe)
+        run = prepare_run(recipe)
         torch.manual_seed(0)
-        save_teacher(TEACHERS.build("toy"), run_dir / "teacher")  # an untrained teacher is enough here
-        return recipe, run_dir
+        TEACHERS.build("toy").save_pretrained(run.teacher)  # an untrained teacher is enough here
+        return recipe, run
 
     return make
 
 
 @pytest.mark.parametrize("source,fraction", [("cache", "0.5"), ("online", "null")])
 def test_a_pool_caches_and_distils_while_the_baseline_sees_labels_only(pool_run, monkeypatch, source, fraction):
-    recipe, run_dir = pool_run(f"distill.source={source}", f"distill.unlabelled_fraction={fraction}")
+    recipe, run = pool_run(f"distill.source={source}", f"distill.unlabelled_fraction={fraction}")
     seen: dict[str, Any] = {}
-    fit_student = distill_stages._fit_student
+    fit_student = student_stages.fit_student
 
-    def spy(recipe, run_dir, key, module, dm):
+    def spy(recipe, run, key, module, dm):
         seen[key] = (module, dm)
-        return fit_student(recipe, run_dir, key, module, dm)
+        return fit_student(recipe, run, key, module, dm)
 
-    monkeypatch.setattr(distill_stages, "_fit_student", spy)
+    monkeypatch.setattr(student_stages, "fit_student", spy)
     if source == "cache":
         with pytest.warns(UserWarning, match="skipped 1 unreadable unlabelled image"):
-            assert distill_stages.stage_cache(recipe, run_dir)["unreadable"] == 1
+            assert stage_cache(recipe, run)["unreadable"] == 1
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        kd = distill_stages.stage_distill(recipe, run_dir)
+        kd = student_stages.stage_distill(recipe, run)
     if source == "online":
         assert sum("skipped 1 unreadable image" in str(w.message) for w in caught) == 1
-    baseline = distill_stages.stage_baseline(recipe, run_dir)
+    baseline = student_stages.stage_baseline(recipe, run)
     assert all("srcc" in r[split] for r in (kd, baseline) for split in ("val", "test"))
 
     n_train = len(seen["label_only"][1].splits["train"])
@@ -335,10 +335,10 @@ def test_a_pool_caches_and_distils_while_the_baseline_sees_labels_only(pool_run,
 
 def test_a_mix_knob_without_a_pool_is_refused(toy_recipe):
     recipe = load_recipe(toy_recipe, [*KD_SETTINGS, "distill.unlabelled_fraction=0.5", "distill.source=online"])
-    run_dir = prepare_run(recipe)
-    save_teacher(TEACHERS.build("toy"), run_dir / "teacher")
+    run = prepare_run(recipe)
+    TEACHERS.build("toy").save_pretrained(run.teacher)
     with pytest.raises(ConfigError, match="distill.unlabelled_fraction: set, but the recipe has no unlabelled pool"):
-        distill_stages.stage_distill(recipe, run_dir)
+        student_stages.stage_distill(recipe, run)
 
 
 # ----------------------------------------------------------------------------- mini

@@ -7,18 +7,21 @@ the targets it stores. Each gets its own digest, so a refusal can say *which* of
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from kdiqa.cache.errors import CacheError
 from kdiqa.cache.layout import dumps
 from kdiqa.data.sample import IQASample
 from kdiqa.data.views import ViewSampler
+from kdiqa.io import _SAFETENSORS_DTYPES
 
 DIGEST_BYTES = 16
 STAMP_EDGE_BYTES = 4096  # bytes read at each end of an unlabelled image by file_stamp
@@ -60,14 +63,10 @@ def saved_teacher_fingerprint(config: Mapping[str, Any], weights: str | os.PathL
     """:func:`teacher_fingerprint` of a saved teacher, read from its files without building it.
 
     ``config``: its ``config.json`` (``{"teacher": name, "config": {...}}``); ``weights``: its
-    ``model.safetensors``, which holds exactly the state dict (``save_teacher``), so the digest is the
+    ``model.safetensors``, which holds exactly the state dict (``save_pretrained``), so the digest is the
     one the built teacher gives. Why: a stage that only reads a cache must check it without loading a
     teacher of a billion parameters, or one registered by a plugin it does not import.
     """
-    import json
-
-    from kdiqa.io import _SAFETENSORS_DTYPES
-
     h = _digest()
     h.update(dumps(_jsonable({"name": config["teacher"], "config": config.get("config", {})})).encode())
     with open(weights, "rb") as f:
@@ -149,26 +148,6 @@ def targets_fingerprint(features: Sequence[str], pool: Mapping[str, Any], dtype:
     return _digest_of({"features": list(features), "pool": {k: pool[k] for k in sorted(pool)}, "dtype": dtype})
 
 
-def compute_fingerprints(
-    teacher: nn.Module,
-    samples: Sequence[IQASample],
-    sampler: ViewSampler,
-    *,
-    views_per_image: int,
-    first_view_eval: bool,
-    seed: int,
-    features: Sequence[str],
-    pool: Mapping[str, Any],
-    dtype: str,
-) -> dict[str, str]:
-    return {
-        "teacher": teacher_fingerprint(teacher),
-        "dataset": dataset_fingerprint(samples),
-        "views": view_fingerprint(sampler, views_per_image, first_view_eval, seed),
-        "targets": targets_fingerprint(features, pool, dtype),
-    }
-
-
 def check_fingerprints(
     where: str, stored: Mapping[str, str], expected: Mapping[str, str] | None, hint: str
 ) -> None:
@@ -198,11 +177,6 @@ def _jsonable(obj: Any) -> Any:
         return [_jsonable(v) for v in obj]
     if isinstance(obj, (str, int, float, bool)) or obj is None:
         return obj
-    try:  # OmegaConf ListConfig and friends
-        from omegaconf import OmegaConf
-
-        if OmegaConf.is_config(obj):
-            return _jsonable(OmegaConf.to_container(obj, resolve=True))
-    except ImportError:  # pragma: no cover
-        pass
+    if OmegaConf.is_config(obj):  # a ListConfig
+        return _jsonable(OmegaConf.to_container(obj, resolve=True))
     return str(obj)

@@ -61,6 +61,13 @@ def hdf5_file(path: str | os.PathLike, mode: str) -> Iterator[h5py.File]:
         raise OSError(_ABANDONED[-1][1] or errno.EIO, f"{path}: closing the HDF5 file failed")
 
 
+def datasets_of(f: h5py.File) -> dict[str, h5py.Dataset]:
+    """Every dataset of an open cache file, by path, sorted."""
+    found: dict[str, h5py.Dataset] = {}
+    f.visititems(lambda name, obj: found.__setitem__(name, obj) if isinstance(obj, h5py.Dataset) else None)
+    return dict(sorted(found.items()))
+
+
 def close_quietly(f: h5py.File) -> bool:
     """Close ``f``; False (and ``f`` kept referenced, see the module docstring) if closing failed.
 

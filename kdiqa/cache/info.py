@@ -10,6 +10,7 @@ import numpy as np
 
 from kdiqa.cache import layout as L
 from kdiqa.cache.errors import CacheError
+from kdiqa.cache.handles import datasets_of
 from kdiqa.cache.status import check_merged_sources, find_shards, incomplete_message, open_readonly, read_header
 
 
@@ -37,21 +38,18 @@ def cache_info(path: str | os.PathLike) -> dict[str, Any]:
         raise CacheError(f"{path}: no cache here (nor {partial.name}, nor shard files)")
     header = read_header(file, count_done=True)
     meta = header["meta"]
-    datasets: dict[str, dict[str, Any]] = {}
     with open_readonly(file) as f:
-        def visit(name: str, obj: Any) -> None:
-            if isinstance(obj, h5py.Dataset):
-                per_view = int(np.prod(obj.shape[1:])) * obj.dtype.itemsize
-                datasets[name] = {
-                    "shape": list(obj.shape[1:]),
-                    "dtype": str(obj.dtype),
-                    "bytes_per_view": per_view,
-                    "chunks": list(obj.chunks) if obj.chunks else None,
-                    "compression": obj.compression,
-                    "virtual": bool(obj.is_virtual),
-                }
-
-        f.visititems(visit)
+        datasets = {
+            name: {
+                "shape": list(ds.shape[1:]),
+                "dtype": str(ds.dtype),
+                "bytes_per_view": int(np.prod(ds.shape[1:])) * ds.dtype.itemsize,
+                "chunks": list(ds.chunks) if ds.chunks else None,
+                "compression": ds.compression,
+                "virtual": bool(ds.is_virtual),
+            }
+            for name, ds in datasets_of(f).items()
+        }
         views = _label_counts(f)
     merged_from = meta.get("merged_from") or []
     file_bytes = file.stat().st_size + sum((path.parent / n).stat().st_size for n in merged_from if (path.parent / n).exists())

@@ -30,10 +30,6 @@ class CachePlan:
     def __post_init__(self) -> None:
         if self.num_images < 1:
             raise ConfigError("cache: no images to cache (the sample list is empty)")
-        if self.views_per_image < 1:
-            raise ConfigError(f"cache.views_per_image: must be >= 1, got {self.views_per_image}")
-        if self.batch_size < 1:
-            raise ConfigError(f"cache.batch_size: must be >= 1, got {self.batch_size}")
         if not (self.shard_count >= 1 and 0 <= self.shard_index < self.shard_count):
             raise ConfigError(f"cache shard: need 0 <= i < n, got {self.shard_index}/{self.shard_count}")
         if self.shard_count > self.num_blocks:

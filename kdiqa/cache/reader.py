@@ -29,9 +29,7 @@ from kdiqa.cache.status import find_shards, open_readonly, require_complete
 from kdiqa.data.images import load_image
 from kdiqa.data.sample import IQASample
 from kdiqa.data.views import ViewParams, ViewSampler
-from kdiqa.errors import ConfigError
 
-VIEW_POLICIES = ("all", "random")
 MISMATCH_HINT = "rebuild it with `kdiqa cache RECIPE --force`"
 
 
@@ -69,8 +67,6 @@ class CachedViews(Dataset):
         features: Sequence[str] | None = None,
         merge: bool = True,
     ) -> None:
-        if views not in VIEW_POLICIES:
-            raise ConfigError(f"cache views: {views!r} is not one of {', '.join(map(repr, VIEW_POLICIES))}")
         self.path = Path(path)
         self.samples = list(samples)
         self.sampler = sampler
@@ -185,14 +181,6 @@ class CachedViews(Dataset):
         if self.views == "all":
             return np.isfinite(self._mos[self._rows])
         return np.array([np.isfinite(self._mos[rows[0]]) for rows in self._image_rows], dtype=bool)
-
-    @property
-    def views_per_image(self) -> int:
-        return int(self.meta["views_per_image"])
-
-    @property
-    def num_images(self) -> int:
-        return len(self._images)
 
     def feature_shapes(self) -> dict[str, tuple[int, ...]]:
         return {name: tuple(self.meta["targets"][name]["shape"]) for name in self.features}

@@ -19,7 +19,8 @@ from kdiqa import __version__
 from kdiqa.cache import layout as L
 from kdiqa.cache.errors import CacheError
 from kdiqa.cache.fingerprint import check_fingerprints
-from kdiqa.cache.handles import hdf5_file
+from kdiqa.cache.handles import datasets_of, hdf5_file
+from kdiqa.cache.progress import printer
 from kdiqa.cache.status import find_shards, incomplete_message, open_readonly, read_header, require_complete
 from kdiqa.io import atomic_path
 
@@ -64,13 +65,13 @@ def merge_shards(
         if sorted(existing["meta"].get("merged_from") or []) == sorted(f.name for f in files.values()) and (
             existing["fingerprints"] == headers[0]["fingerprints"]
         ):
-            _say(progress, f"cache: {path} already joins these {count} shards; nothing to do")
+            printer(progress)(f"cache: {path} already joins these {count} shards; nothing to do")
             return {"path": str(path), "views": existing["rows"], "shards": count}
         raise CacheError(f"{path}: a different cache already exists here; pass --force (force=True) to replace it")
 
     total = headers[0]["meta"]["total_rows"]
     with open_readonly(files[0]) as first:
-        specs = {name: (ds.shape[1:], ds.dtype) for name, ds in _datasets(first).items()}
+        specs = {name: (ds.shape[1:], ds.dtype) for name, ds in datasets_of(first).items()}
         attrs = dict(first.attrs)
     meta = dict(headers[0]["meta"])
     meta.update(rows=[0, total], shard=[0, 1], merged_from=[files[i].name for i in range(count)],
@@ -88,7 +89,7 @@ def merge_shards(
                     a, b = header["meta"]["rows"]
                     layout[a:b] = h5py.VirtualSource(files[i].name, name, shape=(b - a, *shape))
                 out.create_virtual_dataset(name, layout)
-    _say(progress, f"cache: joined {count} shards into {path} ({total} views, no data copied)")
+    printer(progress)(f"cache: joined {count} shards into {path} ({total} views, no data copied)")
     return {"path": str(path), "views": total, "shards": count}
 
 
@@ -108,7 +109,7 @@ def _check_consistent(path: Path, files: dict[int, Path], headers: list[dict[str
             key = next(k for k in set(meta) | set(same_meta) if meta.get(k) != same_meta.get(k))
             raise CacheError(f"{files[i]}: {key!r} differs from shard 0's ({meta.get(key)!r} vs {same_meta.get(key)!r})")
         with open_readonly(files[i]) as f:
-            layouts.append({name: (ds.shape[1:], str(ds.dtype)) for name, ds in _datasets(f).items()})
+            layouts.append({name: (ds.shape[1:], str(ds.dtype)) for name, ds in datasets_of(f).items()})
         if layouts[-1] != layouts[0]:
             raise CacheError(f"{files[i]}: holds other datasets, shapes or dtypes than shard 0")
     position = 0
@@ -120,15 +121,3 @@ def _check_consistent(path: Path, files: dict[int, Path], headers: list[dict[str
     if position != first["meta"]["total_rows"]:
         raise CacheError(f"{path}: shards hold {position} rows, the cache needs {first['meta']['total_rows']}")
 
-
-def _datasets(f: h5py.File) -> dict[str, h5py.Dataset]:
-    found: dict[str, h5py.Dataset] = {}
-    f.visititems(lambda name, obj: found.__setitem__(name, obj) if isinstance(obj, h5py.Dataset) else None)
-    return dict(sorted(found.items()))
-
-
-def _say(enabled: bool, message: str) -> None:
-    if enabled:
-        import sys
-
-        print(message, file=sys.stderr, flush=True)

@@ -25,6 +25,7 @@ from omegaconf.errors import (
 
 from kdiqa.config.schema import Recipe
 from kdiqa.errors import ConfigError
+from kdiqa.io import atomic_path
 
 # the installed kdiqa package: built-in recipes (kdiqa/recipes) and shipped weights (kdiqa/teachers/...)
 # are package data, found here from any working directory and from a non-editable install
@@ -267,8 +268,6 @@ def recipe_to_yaml(recipe: Recipe) -> str:
 
 def save_recipe(recipe: Recipe, path: str | Path) -> Path:
     """Write the fully resolved recipe, so a run folder says exactly what ran."""
-    from kdiqa.io import atomic_path
-
     path = Path(path)
     with atomic_path(path, "the resolved recipe") as tmp:
         tmp.write_text(recipe_to_yaml(recipe))

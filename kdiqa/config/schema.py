@@ -1,13 +1,18 @@
 """The recipe schema: every key a recipe may set, its type and its default.
 
-OmegaConf checks types and unknown keys against these dataclasses when a recipe is merged onto them;
-each ``check(at)`` checks what types cannot express (choices, ranges) and names the key path ``at``
-it was reached by, so a bad recipe fails at load,
-before any model is built. Component-specific options (``data.options``, ``teacher.options``) are free
-dictionaries validated by the registered builder that receives them.
+The validation rule: a recipe value is validated once, here, by the ``check(at)`` method of its
+section, which the loader calls with the key path ``at`` that reached it; so a bad value fails when the
+recipe is loaded, before any stage runs, in one line naming its key. Code that receives a config
+dataclass trusts it. OmegaConf checks types and unknown keys; ``check`` checks what types cannot
+express (choices, ranges, keys that must agree). Options a recipe passes as a free dict to a registered
+builder (``teacher.options``, ``student.options``, ``data.options``) are validated by that builder only.
+Choice lists live here, the lowest layer, and the code that implements the choices imports them.
 """
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,8 +20,10 @@ from omegaconf import MISSING
 
 from kdiqa.errors import ConfigError
 
+PROJECTOR_KINDS = ("official", "conv")  # distill.features[].kind, and student.options.projectors[].kind
 
-def _choice(path: str, value: Any, choices: tuple[Any, ...]) -> None:
+
+def check_choice(path: str, value: Any, choices: tuple[Any, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(repr, choices))}")
 
@@ -34,9 +41,15 @@ class SplitConfig:
     repeat: int = 0  # index of the repeated random split (the field reports the median over N)
 
     def check(self, at: str) -> None:
-        _choice(f"{at}.policy", self.policy, ("auto", "official", "random"))
-        if len(self.ratios) != 3 or any(r < 0 for r in self.ratios) or abs(sum(self.ratios) - 1) > 1e-6:
-            raise ConfigError(f"{at}.ratios: need three non-negative train/val/test ratios summing to 1, got {list(self.ratios)}")
+        check_choice(f"{at}.policy", self.policy, ("auto", "official", "random"))
+        ratios = list(self.ratios)
+        why = ("not three numbers" if len(ratios) != 3
+               else "each must be finite and >= 0" if not all(math.isfinite(r) and r >= 0 for r in ratios)
+               else f"they must sum to 1, not {sum(ratios):g}" if abs(sum(ratios) - 1) > 1e-6
+               else "that gives nothing to train on" if ratios[0] == 0 else "")
+        if why:
+            raise ConfigError(f"{at}.ratios: need three non-negative train/val/test ratios summing to 1, got {ratios} ({why})")
+        _positive(f"{at}.seed", self.seed, allow_zero=True)
         _positive(f"{at}.repeat", self.repeat, allow_zero=True)
 
 
@@ -67,7 +80,7 @@ class UnlabelledConfig:
 
 @dataclass
 class DataConfig:
-    name: str = MISSING  # a registered dataset: `kdiqa data list`
+    name: str = MISSING  # a registered dataset: `kdiqa info datasets`
     root: str | None = None  # the dataset's folder as the publisher ships it
     on_bad_row: str = "error"
     options: dict[str, Any] = field(default_factory=dict)  # passed to the dataset loader
@@ -79,7 +92,7 @@ class DataConfig:
     unlabelled: UnlabelledConfig = field(default_factory=UnlabelledConfig)  # an extra pool for distillation only
 
     def check(self, at: str) -> None:
-        _choice(f"{at}.on_bad_row", self.on_bad_row, ("error", "skip"))
+        check_choice(f"{at}.on_bad_row", self.on_bad_row, ("error", "skip"))
         if self.unlabelled.mini and self.name != "mini":
             raise ConfigError(f"{at}.unlabelled.mini: extra crops exist only for {at}.name: mini (got {self.name!r}); "
                               "give another dataset's pool as unlabelled.folder or unlabelled.csv")
@@ -101,8 +114,8 @@ class ViewConfig:
         _positive(f"{at}.size", self.size)
         for key in ("train_scale", "train_ratio"):
             lo_hi = list(getattr(self, key))
-            if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
-                raise ConfigError(f"{at}.{key}: need [low, high] with 0 < low <= high, got {lo_hi}")
+            if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] < math.inf:
+                raise ConfigError(f"{at}.{key}: need finite [low, high] with 0 < low <= high, got {lo_hi}")
         if self.train_scale[1] > 1:
             raise ConfigError(f"{at}.train_scale: the high end must be <= 1, got {self.train_scale[1]}")
 
@@ -118,7 +131,7 @@ class LossTerm:
     output: str = "score"
 
     def check(self, at: str) -> None:
-        _choice(f"{at}.output", self.output, ("score", "dist"))
+        check_choice(f"{at}.output", self.output, ("score", "dist"))
 
 
 @dataclass
@@ -132,8 +145,8 @@ class OptimConfig:
     warmup_epochs: int = 0
 
     def check(self, at: str) -> None:
-        _choice(f"{at}.name", self.name, ("adam", "adamw", "sgd"))
-        _choice(f"{at}.scheduler", self.scheduler, ("none", "multistep", "cosine"))
+        check_choice(f"{at}.name", self.name, ("adam", "adamw", "sgd"))
+        check_choice(f"{at}.scheduler", self.scheduler, ("none", "multistep", "cosine"))
         _positive(f"{at}.lr", self.lr)
         _positive(f"{at}.weight_decay", self.weight_decay, allow_zero=True)
 
@@ -166,8 +179,8 @@ class TrainerConfig:
     sync_batchnorm: bool = False  # under DDP, BatchNorm statistics over the global batch
 
     def check(self, at: str) -> None:
-        _choice(f"{at}.logger", self.logger, ("csv", "tensorboard", "none"))
-        _choice(f"{at}.precision", str(self.precision), PRECISIONS)  # else a Lightning traceback deep in the run
+        check_choice(f"{at}.logger", self.logger, ("csv", "tensorboard", "none"))
+        check_choice(f"{at}.precision", str(self.precision), PRECISIONS)  # else a Lightning traceback deep in the run
         _positive(f"{at}.log_every_n_steps", self.log_every_n_steps)
 
 
@@ -182,11 +195,8 @@ class FitConfig:
     trainer: dict[str, Any] = field(default_factory=dict)  # overrides of the top-level trainer section
 
     def check(self, at: str) -> None:
-        _choice(f"{at}.monitor", self.monitor, ("val/srcc", "val/plcc", "val/krcc", "val/loss"))
+        check_choice(f"{at}.monitor", self.monitor, ("val/srcc", "val/plcc", "val/krcc", "val/loss"))
         if self.trainer:  # a stage's trainer overrides, checked at load like the trainer section itself
-            import dataclasses
-            import difflib
-
             valid = sorted(f.name for f in dataclasses.fields(TrainerConfig))
             unknown = [str(k) for k in self.trainer if k not in valid]
             if unknown:
@@ -212,7 +222,7 @@ class CacheConfig:
     views_per_image: int = 4
     first_view_eval: bool = True  # view 0 is the plain evaluation view
     features: list[str] = field(default_factory=lambda: ["quality_map"])
-    pool: dict[str, int] = field(default_factory=dict)  # adaptive average pooling per feature
+    pool: dict[str, int] = field(default_factory=dict)  # adaptive average pooling per feature: size (or [height, width])
     dtype: str = "float16"
     compression: str = "none"
     batch_size: int = 64
@@ -220,9 +230,13 @@ class CacheConfig:
 
     def check(self, at: str) -> None:
         _positive(f"{at}.views_per_image", self.views_per_image)
-        _choice(f"{at}.dtype", self.dtype, ("float16", "float32"))
-        _choice(f"{at}.compression", self.compression, ("none", "lzf", "gzip"))
-        _choice(f"{at}.epoch_views", self.epoch_views, ("random", "all"))
+        for name, size in self.pool.items():  # which names it may hold is the cache's to say (kdiqa.cache.spec)
+            pair = list(size) if isinstance(size, (list, tuple)) else [size, size]
+            if len(pair) != 2 or not all(type(v) is int and v > 0 for v in pair):
+                raise ConfigError(f"{at}.pool.{name}: need a positive int or [height, width], got {size!r}")
+        check_choice(f"{at}.dtype", self.dtype, ("float16", "float32"))
+        check_choice(f"{at}.compression", self.compression, ("none", "lzf", "gzip"))
+        check_choice(f"{at}.epoch_views", self.epoch_views, ("random", "all"))
         _positive(f"{at}.batch_size", self.batch_size)
 
 
@@ -243,7 +257,7 @@ class FeaturePair:
     weight: float = 1.0
 
     def check(self, at: str) -> None:
-        _choice(f"{at}.kind", self.kind, ("official", "conv"))
+        check_choice(f"{at}.kind", self.kind, PROJECTOR_KINDS)
         _positive(f"{at}.weight", self.weight, allow_zero=True)
 
 
@@ -259,7 +273,7 @@ class DistillConfig:
     unlabelled_fraction: float | None = None
 
     def check(self, at: str) -> None:
-        _choice(f"{at}.source", self.source, ("cache", "online"))
+        check_choice(f"{at}.source", self.source, ("cache", "online"))
         if self.unlabelled_fraction is not None and not 0 <= self.unlabelled_fraction <= 1:
             raise ConfigError(f"{at}.unlabelled_fraction: must be in [0, 1] (or null), got {self.unlabelled_fraction!r}")
         for i, term in enumerate(self.fit.losses):

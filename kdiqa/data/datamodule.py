@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from kdiqa.checkpoints import start_epoch
 from kdiqa.config.schema import DataConfig, ViewConfig
 from kdiqa.data.images import load_image
 from kdiqa.data.sample import SPLITS, IQASample, LoadedDataset
@@ -35,13 +36,6 @@ def load_dataset(cfg: DataConfig) -> LoadedDataset:
         if exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
             raise ConfigError(f"data.options: {exc} (dataset {cfg.name!r})") from None
         raise
-
-
-def split_dataset(cfg: DataConfig, dataset: LoadedDataset) -> dict[str, list[IQASample]]:
-    samples = assign_splits(
-        dataset, ratios=tuple(cfg.split.ratios), seed=cfg.split.seed, repeat=cfg.split.repeat, policy=cfg.split.policy
-    )
-    return {split: [s for s in samples if s.split == split] for split in SPLITS}
 
 
 def make_sampler(views: ViewConfig, train: bool) -> ViewSampler:
@@ -105,7 +99,10 @@ class IQADataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.dataset is None:
             self.dataset = load_dataset(self.data_cfg)
-            self.splits = split_dataset(self.data_cfg, self.dataset)
+            split = self.data_cfg.split
+            samples = assign_splits(self.dataset, ratios=tuple(split.ratios), seed=split.seed, repeat=split.repeat,
+                                    policy=split.policy)
+            self.splits = {name: [s for s in samples if s.split == name] for name in SPLITS}
 
     def pool(self) -> Pool | None:
         """The unlabelled pool (``data.unlabelled``), loaded on first use: only distillation trains on it."""
@@ -176,8 +173,6 @@ class IQADataModule(pl.LightningDataModule):
                 dataset, num_replicas=trainer.world_size, rank=trainer.global_rank,
                 shuffle=cfg.shuffle, seed=torch.initial_seed() % 2**31,
             )
-            from kdiqa.checkpoints import start_epoch
-
             sampler.set_epoch(start_epoch(trainer))  # a resumed fit's first epoch is not 0
         return DataLoader(
             dataset,

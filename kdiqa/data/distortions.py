@@ -111,10 +111,6 @@ DISTORTIONS: dict[str, Distortion] = {
 }
 
 
-def distortion_names() -> list[str]:
-    return list(DISTORTIONS)
-
-
 def apply_distortion(img: np.ndarray, name: str, level: float, rng: np.random.Generator) -> np.ndarray:
     """Distort an RGB uint8 image at ``level`` in [0, 1] (0 = mildest, 1 = strongest)."""
     try:

@@ -9,7 +9,6 @@ median over N repeats, as the field does.
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
 from collections.abc import Sequence
 
@@ -17,27 +16,6 @@ import numpy as np
 
 from kdiqa.data.sample import SPLITS, IQASample, LoadedDataset
 from kdiqa.errors import ConfigError, DataError
-
-POLICIES = ("auto", "official", "random")
-
-
-def check_ratios(ratios: Sequence[float]) -> tuple[float, float, float]:
-    """(train, val, test), each >= 0, summing to 1; training must get something."""
-    try:
-        if isinstance(ratios, (str, bytes)):
-            raise TypeError
-        values = tuple(float(r) for r in ratios)
-    except (TypeError, ValueError):
-        raise ConfigError(f"split ratios must be three numbers (train, val, test), got {ratios!r}") from None
-    if len(values) != 3:
-        raise ConfigError(f"split ratios must be three numbers (train, val, test), got {len(values)}: {ratios!r}")
-    if any(not math.isfinite(r) or r < 0 for r in values):
-        raise ConfigError(f"split ratios must be finite and >= 0, got {ratios!r}")
-    if not math.isclose(sum(values), 1.0, abs_tol=1e-6):
-        raise ConfigError(f"split ratios must sum to 1, got {ratios!r} (sum {sum(values):g})")
-    if values[0] == 0:
-        raise ConfigError(f"split ratios give nothing to train on: {ratios!r}")
-    return values  # type: ignore[return-value]
 
 
 def _rng(seed: int, repeat: int, purpose: str) -> np.random.Generator:
@@ -96,14 +74,9 @@ def assign_splits(
     ``official`` keeps the published split; when it has no validation part (TAD66K) and the val
     ratio is above 0, validation is carved from its training part by group, at val / (train + val).
     ``random`` cuts a seeded permutation of groups at ``ratios``; ``auto`` is official when
-    the dataset has one, else random.
+    the dataset has one, else random. The arguments come from a checked recipe (``data.split``).
     """
-    if policy not in POLICIES:
-        raise ConfigError(f"split policy must be one of {', '.join(map(repr, POLICIES))}, got {policy!r}")
-    fractions = check_ratios(ratios)
-    for name, value in (("seed", seed), ("repeat", repeat)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
-            raise ConfigError(f"split {name} must be a whole number >= 0, got {value!r}")
+    fractions = tuple(float(r) for r in ratios)
     samples = list(ds.samples)
     if policy == "official" and not ds.has_official_split:
         raise ConfigError(f"dataset {ds.name!r} has no official split; use split policy 'random' or 'auto'")

@@ -12,7 +12,7 @@ a cached view says it has no label.
 
 Sources, one per recipe: ``folder`` (searched recursively for :data:`IMAGE_SUFFIXES`), ``csv`` (a
 ``path`` column, relative to ``root`` or else to the CSV's folder) or ``mini`` (extra crops of the mini
-dataset's training photographs, :mod:`kdiqa.data.mini_pool`). Listed files that are missing or listed
+dataset's training photographs, :mod:`kdiqa.data.mini.pool`). Listed files that are missing or listed
 twice, and images that are also in the labelled dataset (any split: a test image in the pool would
 leak into training), are left out and counted, with one warning. Files that exist but do not decode
 are found where they are decoded — the cache stage, or :func:`readable` before online distillation —
@@ -20,7 +20,6 @@ and skipped there, so a large pool is not decoded once more just to be checked.
 """
 from __future__ import annotations
 
-import inspect
 import math
 import os
 import warnings
@@ -29,9 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from kdiqa.config.schema import DataConfig
 from kdiqa.data.formats._rows import BadRow, read_csv, require_columns, row_dict
 from kdiqa.data.images import IMAGE_SUFFIXES, load_image
+from kdiqa.data.mini import DEFAULT_ROOT, make_mini_pool
 from kdiqa.data.sample import IQASample
 from kdiqa.errors import DataError
 
@@ -71,10 +73,7 @@ def load_pool(cfg: DataConfig, labelled: Sequence[IQASample], progress: bool = T
         source = f"csv {spec.csv}"
         listed = _csv_images(spec.csv, spec.root, left_out)
     else:
-        from kdiqa.data.mini import mini as mini_loader
-        from kdiqa.data.mini_pool import make_mini_pool
-
-        root = cfg.root if cfg.root is not None else inspect.signature(mini_loader).parameters["root"].default
+        root = cfg.root if cfg.root is not None else DEFAULT_ROOT
         source = f"mini: {spec.mini} extra crops of the training photographs"
         listed = make_mini_pool(root, spec.mini, progress=progress)
     taken = {os.path.abspath(s.path) for s in labelled}
@@ -134,10 +133,9 @@ def readable(samples: Sequence[IQASample], progress: bool = True) -> list[IQASam
     image, not the run. Labelled samples pass unchecked — a broken labelled image is an error, as
     everywhere else.
     """
-    from tqdm.auto import tqdm
-
     kept, bad = [], []
-    for sample in tqdm(samples, desc="checking unlabelled images", unit="img", disable=not progress, leave=False):
+    for sample in tqdm(samples, desc="checking unlabelled images", unit="img", disable=None if progress else True,
+                       leave=False):
         if not is_labelled(sample):
             try:
                 load_image(sample.path)

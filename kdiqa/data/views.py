@@ -83,13 +83,8 @@ class ViewParams:
         return cls(crop=(x0, y0, x1, y1), flip=bool(arr[4]), seed=int(arr[5]))
 
 
-def _pair_of(value: Any, name: str) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"ViewSampler: {name} must be a pair of numbers (low, high), got {value!r}") from None
-    if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
-        raise ConfigError(f"ViewSampler: {name} must be finite with low <= high, got ({lo}, {hi})")
+def _pair(value: Any) -> tuple[float, float]:
+    lo, hi = (float(v) for v in value)
     return lo, hi
 
 
@@ -118,12 +113,8 @@ class ViewSampler:
     ) -> None:
         self.size = self._check_size(size)
         self.train = bool(train)
-        self.scale = _pair_of(scale, "scale")
-        if not (0.0 < self.scale[0] <= self.scale[1] <= 1.0):
-            raise ConfigError(f"ViewSampler: scale must satisfy 0 < low <= high <= 1, got {self.scale}")
-        self.ratio = _pair_of(ratio, "ratio")
-        if not self.ratio[0] > 0.0:
-            raise ConfigError(f"ViewSampler: ratio must be positive, got {self.ratio}")
+        self.scale = _pair(scale)  # scale and ratio come from a checked recipe (views.train_scale, views.train_ratio)
+        self.ratio = _pair(ratio)
         self.flip = bool(flip)
         if interpolation not in INTERPOLATIONS:
             raise ConfigError(

@@ -3,8 +3,8 @@
 ``kdiqa cache`` refuses to extend or reuse a cache whose fingerprints differ from the recipe's; a
 stage that only *reads* the cache (distill, and through it ``kdiqa bench --distill`` and
 ``benchmarks/kd_gain.py``) must refuse it too, or it trains on another teacher's targets, or on views
-of another size, without a word. Both compute the recipe's fingerprints from the same settings
-(:func:`cache_settings`), with the same functions, and compare them with the same
+of another size, without a word. Both compute the recipe's fingerprints from the same
+:class:`~kdiqa.cache.CacheSpec` (:func:`cache_spec`), with the same functions, and compare them with the same
 :func:`kdiqa.cache.fingerprint.check_fingerprints`: teacher (config + weights), dataset (files,
 labels, unlabelled pool), views (sampler, views per image, first view) and targets (features,
 pooling, precision of the stored maps).
@@ -20,37 +20,30 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kdiqa.cache.fingerprint import saved_teacher_fingerprint, targets_fingerprint, view_fingerprint
-from kdiqa.cache.writer import pool_size
+from kdiqa.cache.fingerprint import saved_teacher_fingerprint
+from kdiqa.cache.spec import CacheSpec
 from kdiqa.config import Recipe
 from kdiqa.data.datamodule import make_sampler
 from kdiqa.errors import CheckpointError
+from kdiqa.io import read_json
+from kdiqa.modeling import CONFIG_NAME, WEIGHTS_NAME
 
 _TEACHER_PRINTS: dict[tuple[Any, ...], str] = {}
 
 
-def cache_settings(recipe: Recipe) -> dict[str, Any]:
-    """What decides a cache's contents, as :func:`kdiqa.cache.build_cache` takes it (one place for writer and readers)."""
+def cache_spec(recipe: Recipe) -> CacheSpec:
+    """The recipe's cache as :func:`kdiqa.cache.build_cache` writes it and every reader checks it."""
     c = recipe.cache
-    return {
-        "sampler": make_sampler(recipe.views, train=c.views_per_image > 1 or not c.first_view_eval),
-        "views_per_image": c.views_per_image,
-        "first_view_eval": c.first_view_eval,
-        "features": list(c.features),
-        "pool": dict(c.pool),
-        "dtype": c.dtype,
-        "seed": recipe.seed,
-    }
+    return CacheSpec(make_sampler(recipe.views, train=c.views_per_image > 1 or not c.first_view_eval),
+                     views_per_image=c.views_per_image, first_view_eval=c.first_view_eval, seed=recipe.seed,
+                     features=c.features, pool=c.pool, dtype=c.dtype, compression=c.compression, batch_size=c.batch_size)
 
 
 def teacher_print(folder: Path) -> str | None:
     """The teacher fingerprint of a saved teacher folder (read from its files), or None when there is
     no teacher there; kept per process for unchanged files (``kd_gain.py`` and ``kdiqa bench`` distil
     several students in one process, and hashing a large teacher takes seconds)."""
-    from kdiqa.io import read_json
-    from kdiqa.teacher import TEACHER_CONFIG, TEACHER_WEIGHTS
-
-    files = [folder / TEACHER_CONFIG, folder / TEACHER_WEIGHTS]
+    files = [folder / CONFIG_NAME, folder / WEIGHTS_NAME]
     if not all(f.is_file() for f in files):
         return None
     key = tuple((str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
@@ -72,11 +65,8 @@ def recipe_fingerprints(recipe: Recipe, teacher_folder: Path, meta: Mapping[str,
     check (:class:`kdiqa.cache.CachedViews`). Without a saved teacher at ``teacher_folder`` the
     teacher cannot be checked: said in a warning, the other three still are.
     """
-    s = cache_settings(recipe)
-    prints = {
-        "views": view_fingerprint(s["sampler"], s["views_per_image"], s["first_view_eval"], int(meta.get("seed", s["seed"]))),
-        "targets": targets_fingerprint(s["features"], {str(k): pool_size(k, v) for k, v in s["pool"].items()}, s["dtype"]),
-    }
+    spec = cache_spec(recipe)
+    prints = {"views": spec.views_fingerprint(int(meta.get("seed", spec.seed))), "targets": spec.targets_fingerprint()}
     teacher = teacher_print(teacher_folder)
     if teacher is None:
         warnings.warn(f"{teacher_folder}: no saved teacher here, so the cache's teacher fingerprint cannot be checked "

@@ -1,8 +1,8 @@
 """The distillation step: student outputs + teacher targets + labels → one weighted loss.
 
 Teacher targets come either from a cache batch (``batch["teacher"]``) or from the teacher run online
-under ``no_grad`` on the same views; both go through :func:`teacher_targets`' conventions (pooling,
-float32), so the two sources give the same loss up to the cache's fp16 rounding.
+under ``no_grad`` on the same views; both are made by :func:`kdiqa.cache.targets.teacher_targets`
+(pooling, float32), so the two sources give the same loss up to the cache's fp16 rounding.
 """
 from __future__ import annotations
 
@@ -10,30 +10,13 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from kdiqa.cache.targets import teacher_targets
 from kdiqa.config.schema import DistillConfig, FitConfig
 from kdiqa.errors import ConfigError
 from kdiqa.fit import MOSFitModule
 from kdiqa.losses import WeightedLoss
-from kdiqa.teacher import TeacherOutput
-
-
-def teacher_targets(out: TeacherOutput, features: Sequence[str], pool: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """What distillation compares against: score, distribution and the named (pooled) feature maps."""
-    targets: dict[str, torch.Tensor] = {"score": out.score.float()}
-    if out.dist is not None:
-        targets["dist"] = out.dist.float()
-    for name in features:
-        if name not in out.features:
-            raise ConfigError(f"distill: the teacher has no feature {name!r} (it has: {', '.join(out.features)})")
-        fmap = out.features[name].float()
-        if name in pool:
-            size = pool[name]
-            fmap = F.adaptive_avg_pool2d(fmap, tuple(size) if isinstance(size, (list, tuple)) else int(size))
-        targets[name] = fmap
-    return targets
 
 
 def _terms(terms: Sequence[Any]) -> WeightedLoss | None:
@@ -71,7 +54,7 @@ class DistillModule(MOSFitModule):
             raise ConfigError("distill.source: 'online' needs a teacher, and the batch holds no cached targets")
         teacher = self._teacher[0].to(batch["image"].device)
         with torch.no_grad():
-            return teacher_targets(teacher(batch["image"]), self.feature_names, self.pool)
+            return teacher_targets(teacher(batch["image"]), self.feature_names, self.pool, "distill.features")
 
     def masked_label_loss(self, score: torch.Tensor, mos: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``fit.losses`` over the rows that have a label; pool rows (MOS NaN) have none.

@@ -6,12 +6,12 @@ nearest 64² (the feature map matched to the teacher's ``quality_map``) → fc1 
 fc3. It takes the views in [0, 1] *unnormalised*, as the official training did (its in-the-wild
 transform is resize + ToTensor only), so ``taps.mean``/``taps.std`` are 0 and 1.
 
-It keeps the :class:`students.student.Student` contract — ``taps`` (one: the last feature map),
-``projectors`` (the official ConvTranspose projector), ``head`` (the official MLP on the projected map),
-the output dict and a JSON ``config`` — so it trains, caches, evaluates, predicts, benches and exports
-like any student. ``weights`` reads a released student file once (then cleared in the config,
-``initialised_from`` keeps the path); ``pretrained`` is a local torchvision ImageNet file for the
-backbone, the official starting point. Released key → kdiqa key: ``base_model.features.*`` →
+It is a :class:`kdiqa.students.base.Student` — ``taps`` (one: the last feature map), ``projectors``
+(the official ConvTranspose projector), ``head`` (the official MLP on the projected map) — so it
+trains, caches, evaluates, predicts, benches and exports like any student. The recipe option
+``weights`` is a released student file (:meth:`OfficialStudent.from_released`; ``initialised_from``
+keeps the path); ``pretrained`` is a local torchvision ImageNet file for the backbone, the official
+starting point. Released key → kdiqa key: ``base_model.features.*`` →
 ``taps.features.*``, ``conv_transpose.*`` → ``projectors.0.up.*``, ``fc1/2/3.*`` → ``head.mlp.2/4/6.*``.
 ``backbone`` may name a smaller torchvision EfficientNet (b0…b6): the same key layout, for tests and
 lighter students.
@@ -23,13 +23,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torchvision
 from torch import nn
 
 from kdiqa.errors import CheckpointError, ConfigError
+from kdiqa.io import load_weights
 from kdiqa.registry import STUDENTS
+from kdiqa.released import STUDENT, map_released, read_released, rename
+from kdiqa.students.base import OFFICIAL_MAP, Student, check_drop_rate, student_image_size
 from kdiqa.students.heads import OfficialMLPHead
 from kdiqa.students.projectors import OfficialProjector, normalize_spec
-from kdiqa.students.student import OFFICIAL_MAP, _image_size
 
 BACKBONES = tuple(f"efficientnet_b{i}" for i in range(8))
 OFFICIAL_PROJECTOR = {"tap": -1, "target": OFFICIAL_MAP, "shape": [8, 64, 64], "kind": "official"}
@@ -48,8 +51,6 @@ class EfficientNetTaps(nn.Module):
 
     def __init__(self, backbone: str):
         super().__init__()
-        import torchvision
-
         model = getattr(torchvision.models, backbone)(weights=None)
         self.backbone_name = backbone
         self.features = model.features
@@ -69,8 +70,6 @@ class EfficientNetTaps(nn.Module):
 
     def load_pretrained(self, path: str | Path) -> int:
         """A torchvision EfficientNet state dict (``features.*``; the classifier is left out)."""
-        from kdiqa.io import load_weights
-
         state = load_weights(path)
         own = self.features.state_dict()
         matched = {}
@@ -89,23 +88,21 @@ class EfficientNetTaps(nn.Module):
 
 
 @STUDENTS.register("dpiqa_official")
-class OfficialStudent(nn.Module):
+class OfficialStudent(Student):
     """The official DP-IQA student; see the module docstring."""
 
     name = "dpiqa_official"
+    weight_options = ("weights", "pretrained")
 
     def __init__(
         self,
         backbone: str = "efficientnet_b7",
-        weights: str | None = None,
-        pretrained: str | None = None,
         head: str = "official_mlp",
         projectors: Sequence[Mapping[str, Any]] | None = None,
         image_size: int | Sequence[int] = 512,
         drop_rate: float = 0.0,
         initialised_from: str | None = None,
     ):
-        super().__init__()
         if backbone not in BACKBONES:
             raise ConfigError(
                 f"student dpiqa_official: backbone must be a torchvision EfficientNet ({', '.join(BACKBONES)}), got {backbone!r}; "
@@ -113,9 +110,8 @@ class OfficialStudent(nn.Module):
             )
         if head != "official_mlp":
             raise ConfigError(f"student dpiqa_official: the official student has the 'official_mlp' head, got {head!r}")
-        if not 0.0 <= float(drop_rate) < 1.0:
-            raise ConfigError(f"student drop_rate: expected a value in [0, 1), got {drop_rate}")
-        image_size = _image_size(image_size)
+        drop_rate = check_drop_rate(drop_rate)
+        image_size = student_image_size(image_size)
         specs = [normalize_spec(spec, i, 1) for i, spec in enumerate(projectors or [OFFICIAL_PROJECTOR])]
         if len(specs) != 1 or specs[0]["target"] != OFFICIAL_MAP or specs[0]["kind"] != "official":
             raise ConfigError(
@@ -123,54 +119,34 @@ class OfficialStudent(nn.Module):
                 f"(distill.features: [{{target: {OFFICIAL_MAP}, tap: -1, kind: official}}]); got {specs}"
             )
         spec = specs[0]
-
+        super().__init__(projectors=[dict(spec, shape=list(spec["shape"]))], image_size=image_size, drop_rate=drop_rate)
         self.taps = EfficientNetTaps(backbone)
-        if pretrained:
-            self.taps.load_pretrained(pretrained)
         self.tap_shapes = self.taps.shapes(image_size)
         self.projectors = nn.ModuleList([OfficialProjector(self.tap_shapes[0][0], spec["shape"])])
-        self._projector_specs = specs
-        self.head = OfficialMLPHead(spec["shape"], OFFICIAL_MAP, float(drop_rate))
-        self.config: dict[str, Any] = {
-            "backbone": backbone,
-            "weights": None,
-            "pretrained": None if pretrained is None else str(pretrained),
-            "head": head,
-            "projectors": [dict(spec, shape=list(spec["shape"]))],
-            "image_size": image_size,
-            "drop_rate": float(drop_rate),
-            "initialised_from": initialised_from,
-        }
+        self.projector_specs = specs
+        self.head = OfficialMLPHead(spec["shape"], OFFICIAL_MAP, drop_rate)
+
+    @classmethod
+    def from_options(cls, weights: str | None = None, pretrained: str | None = None, **arch: Any) -> OfficialStudent:
+        """``weights``: a released student file (every tensor; ``pretrained`` is then not read); ``pretrained``:
+        a local torchvision ImageNet file for the backbone, the official starting point."""
         if weights is not None:
-            self.load_released(weights)
+            return cls.from_released(weights, **arch)
+        return super().from_options(pretrained, **arch)
 
-    def load_released(self, path: str | Path) -> None:
-        """Load a released ``{dataset}_student_model_plcc_best.pth`` (official layout), strictly."""
-        from kdiqa.released import STUDENT, map_released, read_released
-
+    @classmethod
+    def from_released(cls, path: str | Path, **arch: Any) -> OfficialStudent:
+        """A released ``{dataset}_student_model_plcc_best.pth`` (official layout), loaded strictly."""
         state = read_released(path, STUDENT)
-        what = f"dpiqa_official student ({self.config['backbone']}, quality map {self.config['projectors'][0]['shape']})"
-        mapped, _ = map_released(state, RULES, self.state_dict(), path, what)
-        self.load_state_dict(mapped, strict=True)
-        self.config["initialised_from"] = str(path)
-
-    def forward(self, images: torch.Tensor) -> dict[str, Any]:
-        taps = self.taps(images)
-        features = {OFFICIAL_MAP: self.projectors[0](taps[-1])}
-        out = self.head(taps[-1], features)
-        return {"score": out["score"], "dist": None, "taps": taps, "features": features}
-
-    def feature_shapes(self) -> dict[str, tuple[int, ...]]:
-        return {spec["target"]: tuple(spec["shape"]) for spec in self._projector_specs}
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters())
+        student = cls(**arch, initialised_from=str(path))
+        what = f"dpiqa_official student ({student.config['backbone']}, quality map {student.config['projectors'][0]['shape']})"
+        mapped, _ = map_released(state, RULES, student.state_dict(), path, what)
+        student.load_state_dict(mapped, strict=True)
+        return student
 
 
 def official_student_keys(student: OfficialStudent) -> dict[str, tuple[int, ...]]:
     """The student's tensors under their released names, with shapes (what a released file must hold)."""
-    from kdiqa.released import rename
-
     inverse = [(t, s) for s, t in RULES]
     return {rename(k, inverse) or k: tuple(v.shape) for k, v in student.state_dict().items()}
 

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdiqa.config.schema import PROJECTOR_KINDS
 from kdiqa.errors import ConfigError
 
-PROJECTOR_KINDS = ("official", "conv")
 _SPEC_KEYS = {"tap", "target", "shape", "kind", "hidden"}
 
 

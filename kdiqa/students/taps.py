@@ -21,6 +21,7 @@ from torch import nn  # noqa: E402
 
 import kdiqa.students.small_cnn  # noqa: E402,F401  (registers kdiqa_cnn_* in timm before any name lookup)
 from kdiqa.errors import CheckpointError, ConfigError  # noqa: E402
+from kdiqa.io import load_weights  # noqa: E402
 
 # Prefixes a backbone state dict may carry when it was saved from a wrapper rather than timm itself.
 _WRAPPER_PREFIXES = ("module.", "taps.backbone.", "backbone.", "model.")
@@ -91,8 +92,6 @@ class Taps(nn.Module):
         backbone or a student: names are matched after dropping wrapper prefixes and treating ``_``
         and ``.`` alike (timm's feature wrappers rename ``stages.0`` to ``stages_0``).
         """
-        from kdiqa.io import load_weights
-
         path = Path(path)
         state = load_weights(path)
         own = self.backbone.state_dict()

@@ -1,4 +1,2 @@
-"""Built-in teachers. Importing this package registers them in ``kdiqa.registry.TEACHERS``."""
-import kdiqa.teachers.dpiqa  # noqa: F401  (registers 'dpiqa')
-import kdiqa.teachers.external  # noqa: F401  (registers 'pyiqa' and 'onnx')
-import kdiqa.teachers.tanet  # noqa: F401  (registers 'tanet')
+"""Built-in teachers on the contract of :mod:`~kdiqa.teachers.base`: ``dpiqa``, ``tanet``, ``pyiqa`` and ``onnx``.
+``kdiqa.registry.TEACHERS`` imports their packages when a name is first looked up."""

@@ -1,9 +1,10 @@
 """A teacher kdiqa does not ship: image sharpness (mean gradient magnitude), for the plugin example.
 
-What a plugin needs: a :class:`kdiqa.teacher.Teacher` subclass whose ``name`` is its entry-point name
-(a saved teacher is rebuilt by that name), whose constructor arguments all land in ``self.config``
-(``super().__init__(**options)``), and whose forward maps views in [0, 1] to a
-:class:`kdiqa.teacher.TeacherOutput` (score higher = better on [0, 1]; named feature maps optional).
+What a plugin needs: a :class:`kdiqa.teachers.base.Teacher` subclass whose ``name`` is its entry-point
+name (a saved teacher is rebuilt by that name) and whose forward maps views in [0, 1] to a
+:class:`kdiqa.teachers.base.TeacherOutput` (score higher = better on [0, 1]; named feature maps optional).
+Its constructor arguments are its config (recorded by the base; ``super().__init__(key=value)`` records a
+normalised value instead).
 ``needs_fitting = False`` because it is a fixed rule: ``fit_teacher`` saves it as it is.
 """
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kdiqa.teacher import Teacher, TeacherOutput
+from kdiqa.teachers.base import Teacher, TeacherOutput
 
 __all__ = ["SharpnessTeacher"]
 

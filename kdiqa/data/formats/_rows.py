@@ -16,28 +16,21 @@ from contextlib import contextmanager
 from kdiqa.data.sample import IQASample, LoadedDataset
 from kdiqa.errors import ConfigError, DataError
 
-ON_BAD_ROW = ("error", "skip")
-
 
 class BadRow(Exception):
     """Raised inside a loader's per-row code; :meth:`RowPolicy.row` turns it into an error or a skip."""
 
 
-def check_on_bad_row(value: object) -> str:
-    if value not in ON_BAD_ROW:
-        raise ConfigError(f"on_bad_row must be one of {', '.join(repr(v) for v in ON_BAD_ROW)}, got {value!r}")
-    return str(value)
-
-
 class RowPolicy:
-    """Applies ``on_bad_row`` to one label file and remembers what it skipped.
+    """Applies ``on_bad_row`` (``"error"`` or ``"skip"``, checked in the recipe as ``data.on_bad_row``)
+    to one label file and remembers what it skipped.
 
     Keeping the policy in one object means no loader can forget to count a skipped row.
     """
 
     def __init__(self, label_name: str, on_bad_row: str, skipped: list[str] | None = None):
         self.label_name = label_name
-        self.on_bad_row = check_on_bad_row(on_bad_row)
+        self.on_bad_row = on_bad_row
         self.skipped: list[str] = [] if skipped is None else skipped
 
     def reject(self, row: int | str, reason: str) -> None:

@@ -13,7 +13,6 @@ import os
 from kdiqa.data.formats._rows import (
     Dedup,
     RowPolicy,
-    check_on_bad_row,
     check_root,
     image_path,
     in_range,
@@ -50,7 +49,6 @@ def load_agiqa3k(
     root: str, *, on_bad_row: str = "error", target: str = "quality", image_dir: str | None = None
 ) -> LoadedDataset:
     """AGIQA-3K; ``target`` chooses perceptual ``quality`` (default) or text-image ``align``ment."""
-    check_on_bad_row(on_bad_row)
     if target not in TARGETS:
         raise ConfigError(f"agiqa3k: target must be one of {', '.join(map(repr, TARGETS))}, got {target!r}")
     mos_column, std_column = TARGETS[target]

@@ -14,7 +14,6 @@ from kdiqa.data.formats._rows import (
     BadRow,
     Dedup,
     RowPolicy,
-    check_on_bad_row,
     check_root,
     image_path,
     make_sample,
@@ -50,7 +49,6 @@ def _counts(fields: list[str]) -> list[int]:
 @DATASETS.register("ava")
 def load_ava(root: str, *, on_bad_row: str = "error", image_dir: str = "images") -> LoadedDataset:
     """AVA (about 255k photographs from DPChallenge); ``theme`` is the challenge id; no official split here."""
-    check_on_bad_row(on_bad_row)
     root = check_root(root, "ava")
     label = require_file(os.path.join(root, LABEL_FILE), "ava label file")
     images = require_dir(os.path.join(root, image_dir), "ava image folder")

@@ -17,7 +17,6 @@ from kdiqa.data.formats._rows import (
     BadRow,
     Dedup,
     RowPolicy,
-    check_on_bad_row,
     check_range,
     check_root,
     in_range,
@@ -57,7 +56,6 @@ def load_csv(
     higher_is_better: bool = True,
 ) -> LoadedDataset:
     """Any CSV with ``path,mos[,std,split,group]``; ``file`` is relative to ``root`` or absolute."""
-    check_on_bad_row(on_bad_row)
     if not isinstance(higher_is_better, bool):
         raise ConfigError(f"csv: higher_is_better must be true or false, got {higher_is_better!r}")
     scale = None if mos_range is None else check_range(mos_range, "csv", "mos_range")

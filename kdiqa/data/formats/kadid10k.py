@@ -15,7 +15,6 @@ from kdiqa.data.formats._rows import (
     BadRow,
     Dedup,
     RowPolicy,
-    check_on_bad_row,
     check_root,
     image_path,
     in_range,
@@ -40,7 +39,6 @@ HIGHER_IS_BETTER = True  # 5 = imperceptible degradation
 @DATASETS.register("kadid10k")
 def load_kadid10k(root: str, *, on_bad_row: str = "error") -> LoadedDataset:
     """KADID-10k (10,125 distorted images of 81 references); no official split, grouped by reference."""
-    check_on_bad_row(on_bad_row)
     root = check_root(root, "kadid10k")
     label = require_file(os.path.join(root, LABEL_FILE), "kadid10k label file")
     images = require_dir(os.path.join(root, IMAGE_DIR), "kadid10k image folder")

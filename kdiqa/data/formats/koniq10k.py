@@ -13,7 +13,6 @@ from kdiqa.data.formats._rows import (
     BadRow,
     Dedup,
     RowPolicy,
-    check_on_bad_row,
     check_root,
     image_path,
     in_range,
@@ -77,7 +76,6 @@ def _official_sets(root: str, on_bad_row: str, skipped: list[str]) -> dict[str, 
 @DATASETS.register("koniq10k")
 def load_koniq10k(root: str, *, on_bad_row: str = "error", resolution: str | None = None) -> LoadedDataset:
     """KonIQ-10k; ``resolution`` picks ``1024x768`` or ``512x384`` (default: whichever exists, 1024x768 first)."""
-    check_on_bad_row(on_bad_row)
     root = check_root(root, "koniq10k")
     scores = require_file(os.path.join(root, SCORES_FILE), "koniq10k label file")
     images = _image_folder(root, resolution)

@@ -16,7 +16,6 @@ from kdiqa.data.formats._rows import (
     BadRow,
     Dedup,
     RowPolicy,
-    check_on_bad_row,
     check_root,
     in_range,
     make_sample,
@@ -72,7 +71,6 @@ def _values(array: Any, relpath: str, count: int) -> list[Any]:
 @DATASETS.register("livec")
 def load_livec(root: str, *, on_bad_row: str = "error", include_training_examples: bool = False) -> LoadedDataset:
     """LIVE Challenge (1,162 photographs, or 1,169 with the 7 training examples); no official split."""
-    check_on_bad_row(on_bad_row)
     root = check_root(root, "livec")
     require_file(os.path.join(root, NAMES_FILE), "livec image list")
     require_file(os.path.join(root, MOS_FILE), "livec MOS file")

@@ -12,7 +12,6 @@ import zipfile
 from kdiqa.data.formats._rows import (
     Dedup,
     RowPolicy,
-    check_on_bad_row,
     check_root,
     find_first,
     image_path,
@@ -60,7 +59,6 @@ def _read_sheet(path: str, label_name: str) -> tuple[list[str], list[tuple[int, 
 @DATASETS.register("spaq")
 def load_spaq(root: str, *, on_bad_row: str = "error") -> LoadedDataset:
     """SPAQ (11,125 smartphone photographs); no official split."""
-    check_on_bad_row(on_bad_row)
     root = check_root(root, "spaq")
     label = find_first(
         [os.path.join(root, "Annotations", LABEL_FILE), os.path.join(root, LABEL_FILE)], "spaq label file"

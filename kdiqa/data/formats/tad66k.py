@@ -14,7 +14,6 @@ from kdiqa.data.formats._rows import (
     BadRow,
     Dedup,
     RowPolicy,
-    check_on_bad_row,
     check_range,
     check_root,
     find_first,
@@ -78,7 +77,6 @@ def load_tad66k(
     score_range: tuple[float, float] | None = None,
 ) -> LoadedDataset:
     """TAD66K; official train/test split, ``theme`` from ``unmerge/``; ``score_range`` overrides 0-10."""
-    check_on_bad_row(on_bad_row)
     mos_range = MOS_RANGE if score_range is None else check_range(score_range, "tad66k", "score_range")
     root = check_root(root, "tad66k")
     label_root = _label_root(root)

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 
-from kdiqa.errors import CheckpointError
+from kdiqa.errors import CheckpointError, first_line
+from kdiqa.io import read_json, save_weights
 
 PROMPT_TEMPLATE = "a photo of a {scene} with {distortion} artifacts, which is of {quality} quality"
 QUALITIES: tuple[str, ...] = ("bad", "poor", "fair", "good", "perfect")
@@ -106,7 +108,7 @@ def build_image_adapter(
     reduction, so that residual i has the shape of down block i's hidden states; ``input_kind`` (a key
     of :data:`IMAGE_ADAPTER_INPUTS`) sets its input channels.
     """
-    from diffusers import T2IAdapter
+    from diffusers import T2IAdapter  # deferred: importing diffusers takes seconds
 
     return T2IAdapter(
         in_channels=IMAGE_ADAPTER_INPUTS[input_kind],
@@ -132,8 +134,6 @@ def read_prompt_embeddings(path: str | Path) -> torch.Tensor:
         raise CheckpointError(f"{path}: prompt embedding file not found (set teacher.options.prompt_embeddings)")
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
             obj: object = load_file(str(path))
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -154,12 +154,39 @@ def read_prompt_embeddings(path: str | Path) -> torch.Tensor:
 
 def save_prompt_embeddings(path: str | Path, embeddings: torch.Tensor, prompts: Sequence[str] | None = None) -> None:
     """Save embeddings (with the prompts as metadata) so a later build needs no text encoder."""
-    from kdiqa.io import save_weights
-
     metadata = {"num_prompts": str(embeddings.shape[0])}
     if prompts is not None:
         metadata["prompts"] = "\n".join(prompts)
     save_weights(path, {EMBEDDINGS_KEY: embeddings.float()}, metadata=metadata)
+
+
+def prompt_embeddings_from(
+    prompts: Sequence[str], dim: int, text_encoder: str | Path | None, embeddings_file: str | None, checkpoint: str | None = None
+) -> tuple[torch.Tensor | None, str]:
+    """(embeddings, where they came from): a file's (first) or a text encoder's, checked against (prompts, dim);
+    None for ``"random"`` or neither (the seeded random ones stay). ``checkpoint``: an SD checkpoint without a
+    text encoder, where neither is an error."""
+    n = len(prompts)
+    if embeddings_file == "random":
+        return None, "random"
+    if embeddings_file is not None:
+        emb, source, where = read_prompt_embeddings(embeddings_file), f"file:{embeddings_file}", embeddings_file
+    elif text_encoder is not None:
+        emb, source, where = encode_prompts(prompts, text_encoder), f"text_encoder:{text_encoder}", str(text_encoder)
+    elif checkpoint is not None:
+        raise CheckpointError(
+            f"{checkpoint}: no text_encoder/ + tokenizer/ to encode the quality prompts; set "
+            "teacher.options.text_encoder (a CLIP folder), teacher.options.prompt_embeddings (a file), "
+            "or prompt_embeddings: random"
+        )
+    else:
+        return None, "random"
+    if tuple(emb.shape) != (n, dim):
+        raise CheckpointError(
+            f"{where}: prompt embeddings have shape {tuple(emb.shape)}, the teacher needs ({n}, {dim}) "
+            f"({n} prompts × the U-Net's cross-attention width)"
+        )
+    return emb.float().contiguous(), source
 
 
 def resolve_text_encoder(path: str | Path) -> tuple[Path, Path]:
@@ -184,9 +211,8 @@ def encode_prompts(prompts: Sequence[str], text_encoder: str | Path, batch_size:
     embeddings with openai/clip-vit-large-patch14); ``CLIPTextModelWithProjection`` gives ``text_embeds``;
     a plain ``CLIPTextModel`` (what SD checkpoints ship in ``text_encoder/``) gives the pooled EOS state.
     """
+    # deferred: importing transformers takes seconds, and only this path needs it
     from transformers import CLIPModel, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-    from kdiqa.io import read_json
 
     model_dir, tokenizer_dir = resolve_text_encoder(text_encoder)
     archs = read_json(model_dir / "config.json").get("architectures") or []
@@ -199,7 +225,7 @@ def encode_prompts(prompts: Sequence[str], text_encoder: str | Path, batch_size:
         else:
             model = CLIPTextModel.from_pretrained(str(model_dir), local_files_only=True)
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{model_dir}: cannot load the CLIP text encoder/tokenizer ({str(exc).splitlines()[0]})") from None
+        raise CheckpointError(f"{model_dir}: cannot load the CLIP text encoder/tokenizer ({first_line(exc, with_type=False)})") from None
     model.eval()
     text_config = model.config.text_config if "CLIPModel" in archs else model.config
     max_length = min(int(tokenizer.model_max_length), int(text_config.max_position_embeddings))

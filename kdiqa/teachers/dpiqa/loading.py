@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from kdiqa.config.loader import resolve_packaged_path
-from kdiqa.errors import CheckpointError
+from kdiqa.errors import CheckpointError, first_line
+from kdiqa.io import load_weights
 from kdiqa.teachers.dpiqa.presets import SD_DOWNLOAD_HINT, packaged_config_dir
 
 SD_CHECKPOINT_KEY = "teacher.options.sd_checkpoint"
@@ -89,11 +90,6 @@ def load_stable_diffusion(path: str | Path, config_dir: str | Path | None = None
     )
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-
-
 def _weights_variant(folder: Path) -> str | None:
     """``fp16`` when a component folder only holds the fp16 variant (some downloads are fp16-only)."""
     names = {p.name for p in folder.iterdir()}
@@ -108,7 +104,7 @@ def family_of_unet_config(config: Any) -> str:
 
 
 def _load_diffusers_folder(path: Path) -> SDComponents:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel  # deferred: importing diffusers takes seconds
 
     for part in ("unet", "vae"):
         if not (path / part / "config.json").is_file():
@@ -126,19 +122,12 @@ def _load_diffusers_folder(path: Path) -> SDComponents:
             variant=_weights_variant(path / "vae"),
         )
     except (OSError, ValueError, RuntimeError) as exc:
-        raise CheckpointError(f"{path}: cannot load the U-Net/VAE ({_first_line(exc)})") from None
+        raise CheckpointError(f"{path}: cannot load the U-Net/VAE ({first_line(exc)})") from None
     has_text = (path / "text_encoder" / "config.json").is_file() and (path / "tokenizer").is_dir()
     return SDComponents(
         unet=unet.float(), vae=vae.float(), family=family_of_unet_config(unet.config),
         text_encoder=path if has_text else None, source=str(path),
     )
-
-
-def read_single_file(path: Path) -> dict[str, torch.Tensor]:
-    """The file's state dict, read without executing pickled code."""
-    from kdiqa.io import load_weights
-
-    return load_weights(path)
 
 
 def detect_family(state: dict[str, torch.Tensor], source: str | Path = "checkpoint") -> str:
@@ -159,9 +148,9 @@ def detect_family(state: dict[str, torch.Tensor], source: str | Path = "checkpoi
 
 
 def _load_single_file(path: Path, config_dir: Path | None) -> SDComponents:
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel  # deferred: importing diffusers takes seconds
 
-    state = read_single_file(path)
+    state = load_weights(path)  # never executes pickled code
     if config_dir is None:
         family = detect_family(state, path)
         config_dir = packaged_config_dir(family)
@@ -179,5 +168,5 @@ def _load_single_file(path: Path, config_dir: Path | None) -> SDComponents:
             state, config=str(config_dir), subfolder="vae", local_files_only=True, torch_dtype=torch.float32
         )
     except (OSError, ValueError, RuntimeError, KeyError) as exc:
-        raise CheckpointError(f"{path}: cannot convert the single-file checkpoint ({_first_line(exc)})") from None
+        raise CheckpointError(f"{path}: cannot convert the single-file checkpoint ({first_line(exc)})") from None
     return SDComponents(unet=unet.float(), vae=vae.float(), family=family, text_encoder=None, source=str(path))

@@ -77,7 +77,7 @@ def load_official_teacher(teacher: nn.Module, state: dict[str, torch.Tensor], so
     one-line :class:`~kdiqa.errors.CheckpointError` naming it. Returns counts (``loaded``, ``ignored``).
     """
     own = {k: v for k, v in teacher.state_dict().items() if k not in NOT_IN_FILE}
-    preset = getattr(teacher, "config", {}).get("preset")
+    preset = teacher.config.get("preset")
     mapped, ignored = map_released(state, rules_for(teacher), own, source, f"DP-IQA teacher (preset {preset})", IGNORED_MODULES)
     teacher.load_state_dict(mapped, strict=False, assign=True)
     if ignored:

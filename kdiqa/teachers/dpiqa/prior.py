@@ -33,7 +33,11 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from kdiqa.config import load_recipe
+from kdiqa.data.datamodule import IQADataModule
 from kdiqa.errors import ConfigError
+from kdiqa.io import atomic_folder
+from kdiqa.teachers.dpiqa.model import DPIQATeacher
 
 LOW_TIMESTEP_FRACTION = 0.5  # share of U-Net steps drawn from t < LOW_TIMESTEP_MAX
 LOW_TIMESTEP_MAX = 100
@@ -51,9 +55,7 @@ def pretrain_prior(
     progress: bool = True,
 ) -> tuple[torch.nn.Module, torch.nn.Module, dict[str, Any]]:
     """Pretrain a fresh tiny VAE and U-Net on ``images`` (N, 3, H, W) in [0, 1]; returns (vae, unet, log)."""
-    from diffusers import DDPMScheduler
-
-    from kdiqa.teachers.dpiqa.model import DPIQATeacher
+    from diffusers import DDPMScheduler  # deferred: importing diffusers takes seconds
 
     if images.dim() != 4 or images.shape[1] != 3 or len(images) == 0:
         raise ConfigError(f"prior: need images of shape (N, 3, H, W), got {tuple(images.shape)}")
@@ -119,8 +121,6 @@ def pretrain_prior(
 
 def save_prior(vae: torch.nn.Module, unet: torch.nn.Module, out: str | Path, provenance: dict[str, Any]) -> Path:
     """Write a diffusers folder (``unet/``, ``vae/``, ``prior.json``) atomically, replacing ``out``."""
-    from kdiqa.io import atomic_folder
-
     with atomic_folder(out, force=True) as tmp:
         unet.save_pretrained(tmp / "unet", safe_serialization=True)
         vae.save_pretrained(tmp / "vae", safe_serialization=True)
@@ -130,9 +130,6 @@ def save_prior(vae: torch.nn.Module, unet: torch.nn.Module, out: str | Path, pro
 
 def training_images(recipe_name: str, overrides: list[str]) -> tuple[torch.Tensor, dict[str, Any]]:
     """Every training view of the recipe's dataset (evaluation views: no augmentation), in [0, 1]."""
-    from kdiqa.config import load_recipe
-    from kdiqa.data.datamodule import IQADataModule
-
     recipe = load_recipe(recipe_name, overrides)
     dm = IQADataModule(recipe.data, recipe.views)
     loader = DataLoader(dm.split_dataset("train", train_views=False), batch_size=256, num_workers=0)

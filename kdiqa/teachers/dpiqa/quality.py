@@ -6,14 +6,14 @@ loaded like released weights — and a teacher fitted inside the quickstart's fe
 
 - architecture and starting weights: the recipe's teacher (``dpiqa/tiny``: the tiny SD family from its
   diffusion prior ``tiny-mini``, image adapter on RGB + local contrast normalisation);
-- data: :class:`kdiqa.data.mini_stream.LabelledCropStream` — fresh, content-augmented, labelled crops
+- data: :class:`kdiqa.data.mini.stream.LabelledCropStream` — fresh, content-augmented, labelled crops
   of the recipe's *training* photographs, never the same sample twice, so nothing can be memorised;
 - losses and optimiser: the recipe's ``teacher.fit`` (MSE + margin ranking, AdamW), cosine decay over
   ``--steps`` after a short warm-up;
 - model choice: validation SRCC on the dataset's validation split every ``--eval-every`` steps; the
   best weights are kept and the test split is scored once, at the end.
 
-The folder (``model.safetensors`` + ``config.json``, what ``save_teacher`` writes) is written beside
+The folder (``model.safetensors`` + ``config.json``, what ``save_pretrained`` writes) is written beside
 ``--out`` and moved into place, with ``provenance.json``: the command, recipe, seed, photographs,
 time, the validation curve and the final metrics. The shipped teacher was made with:
 
@@ -35,6 +35,16 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from kdiqa.config import load_recipe
+from kdiqa.data.datamodule import IQADataModule
+from kdiqa.data.mini import LabelledCropStream
+from kdiqa.fit import build_optimizer
+from kdiqa.io import atomic_folder
+from kdiqa.losses import WeightedLoss
+from kdiqa.metrics import iqa_metrics
+from kdiqa.registry import TEACHERS
+from kdiqa.teachers.base import Teacher
+
 WARMUP_STEPS = 50
 
 
@@ -50,8 +60,6 @@ def score_split(teacher: torch.nn.Module, loader: DataLoader) -> tuple[np.ndarra
 
 
 def split_metrics(teacher: torch.nn.Module, loader: DataLoader) -> dict[str, float]:
-    from kdiqa.metrics import iqa_metrics
-
     pred, mos = score_split(teacher, loader)
     metrics = {k: float(v) for k, v in iqa_metrics(pred, mos).items() if isinstance(v, (int, float))}
     metrics["pred_std_over_label_std"] = float(pred.std() / max(mos.std(), 1e-12))
@@ -62,13 +70,6 @@ def fit_quality(
     recipe_name: str, overrides: list[str], *, steps: int, batch_size: int, eval_every: int, seed: int, progress: bool = True
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build the recipe's teacher, fit it on the labelled stream, return (best teacher, log)."""
-    from kdiqa.config import load_recipe
-    from kdiqa.data.datamodule import IQADataModule
-    from kdiqa.data.mini_stream import LabelledCropStream
-    from kdiqa.fit import build_optimizer
-    from kdiqa.losses import WeightedLoss
-    from kdiqa.registry import TEACHERS
-
     recipe = load_recipe(recipe_name, overrides)
     torch.manual_seed(seed)
     dm = IQADataModule(recipe.data, recipe.views)
@@ -122,7 +123,7 @@ def fit_quality(
         "overrides": overrides,
         "seed": seed,
         "data": {"name": recipe.data.name, "options": dict(recipe.data.options), "photographs": meta["photographs"],
-                 "training": "LabelledCropStream (kdiqa/data/mini_stream.py): fresh content-augmented crops of the training photographs"},
+                 "training": "LabelledCropStream (kdiqa/data/mini/stream.py): fresh content-augmented crops of the training photographs"},
         "steps": steps,
         "batch_size": batch_size,
         "samples_seen": steps * batch_size,
@@ -134,13 +135,10 @@ def fit_quality(
     return teacher, log
 
 
-def save_shipped(teacher: torch.nn.Module, out: str | Path, provenance: dict[str, Any]) -> Path:
-    """``save_teacher`` plus provenance.json, written atomically, replacing ``out``."""
-    from kdiqa.io import atomic_folder
-    from kdiqa.teacher import save_teacher
-
+def save_shipped(teacher: Teacher, out: str | Path, provenance: dict[str, Any]) -> Path:
+    """``save_pretrained`` plus provenance.json, written atomically, replacing ``out``."""
     with atomic_folder(out, force=True) as tmp:
-        save_teacher(teacher, tmp)
+        teacher.save_pretrained(tmp)
         (tmp / "provenance.json").write_text(json.dumps(provenance, indent=2) + "\n")
     return Path(out)
 

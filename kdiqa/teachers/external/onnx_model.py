@@ -21,7 +21,7 @@ sidecar): size, range, normalisation inside the graph, ``score`` on kdiqa's scal
 fill every option the recipe leaves out.
 
 The model file itself is part of the teacher's state (one uint8 tensor, the module's *extra state*):
-``save_teacher`` copies it into ``model.safetensors``, so a saved ONNX teacher needs nothing else, and
+``save_pretrained`` copies it into ``model.safetensors``, so a saved ONNX teacher needs nothing else, and
 the cache fingerprint covers the model's bytes along with the resolved options.
 """
 from __future__ import annotations
@@ -34,21 +34,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from kdiqa.errors import CheckpointError, ConfigError, KdiqaError
+from kdiqa.config.schema import check_choice
+from kdiqa.errors import CheckpointError, ConfigError, KdiqaError, first_line
 from kdiqa.exported import METADATA_KEY, require_onnxruntime, sidecar_path
 from kdiqa.registry import TEACHERS
-from kdiqa.teacher import Teacher, TeacherOutput
+from kdiqa.teachers.base import Teacher, TeacherOutput
 from kdiqa.teachers.external.common import ScoreScale, check_range_option
 
 AT = "teacher.options"
 COLORS = ("RGB", "BGR")
 LAYOUTS = ("NCHW", "NHWC")
 PROBABILITY_TOLERANCE = 1e-3
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
 
 
 def open_session(model: bytes | str, where: str) -> Any:
@@ -61,7 +57,7 @@ def open_session(model: bytes | str, where: str) -> Any:
         return ort.InferenceSession(model, sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # corrupt files raise several onnxruntime exception types
         raise CheckpointError(
-            f"{where}: onnxruntime cannot load this model ({_first_line(exc)}); a model with external data files must be saved as one file"
+            f"{where}: onnxruntime cannot load this model ({first_line(exc)}); a model with external data files must be saved as one file"
         ) from None
 
 
@@ -128,10 +124,10 @@ class OnnxTeacher(Teacher):
     name = "onnx"
     needs_fitting = False
     bench_note = "runs in onnxruntime: parameters, FLOPs and CPU memory are not counted"
+    weight_options = ("path",)
 
     def __init__(
         self,
-        path: str | None = None,
         input_size: Any = None,
         input_range: list[float] | None = None,
         mean: list[float] | None = None,
@@ -143,7 +139,7 @@ class OnnxTeacher(Teacher):
         score_range: list[float] | None = None,
         lower_better: bool = False,
         features: dict[str, str] | None = None,
-        model_bytes: int | None = None,
+        model_bytes: int = 0,
         initialised_from: dict[str, Any] | None = None,
     ):
         pixels, scores = check_range_option(f"{AT}.input_range", input_range), check_range_option(f"{AT}.score_range", score_range)
@@ -156,34 +152,38 @@ class OnnxTeacher(Teacher):
             "lower_better": bool(lower_better), "features": {str(k): str(v) for k, v in (features or {}).items()},
         }
         for key, choices in (("color", COLORS), ("layout", LAYOUTS)):
-            if options[key] not in choices:
-                raise ConfigError(f"{AT}.{key}: {options[key]!r} is not one of {', '.join(choices)}")
+            check_choice(f"{AT}.{key}", options[key], choices)
         if options["std"] is not None and any(s == 0 for s in options["std"]):
             raise ConfigError(f"{AT}.std: must not be zero")
-        if path:
-            file = Path(path).expanduser()
-            if not file.is_file():
-                raise CheckpointError(f"{AT}.path: {file}: ONNX file not found")
-            data = file.read_bytes()
-            session = open_session(data, str(file))
-            options = _resolve(options, session, file)
-            # the digest, not the file's name or place: a renamed or moved model keeps its caches valid
-            initialised_from = {"blake2b": hashlib.blake2b(data, digest_size=16).hexdigest()}
-            model = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        elif model_bytes:
-            model = torch.empty(int(model_bytes), dtype=torch.uint8)  # filled by load_teacher (extra state)
-            session = None
-        else:
+        if not model_bytes:
             raise ConfigError(f"{AT}.path: give the .onnx model file")
         if options["score_range"] is None:
             raise ConfigError(
                 f"{AT}.score_range: the scale of this model's score is unknown (it is not a kdiqa export); "
                 "give [low, high] of its raw scores, e.g. [1, 5] for a MOS model, [0, 1] if it already scores like kdiqa"
             )
-        super().__init__(path=None, **options, model_bytes=int(model.numel()), initialised_from=initialised_from)
+        super().__init__(**options, model_bytes=int(model_bytes))
         self.scale = ScoreScale(float(options["score_range"][0]), float(options["score_range"][1]), options["lower_better"])
-        self._model = model
-        self._session = session
+        self._model = torch.empty(int(model_bytes), dtype=torch.uint8)  # filled by from_file, or from the saved state
+        self._session = None
+
+    @classmethod
+    def from_options(cls, path: str | None = None, **options: Any) -> OnnxTeacher:
+        return cls.from_file(path, **options) if path else cls(**options)
+
+    @classmethod
+    def from_file(cls, path: str | Path, **options: Any) -> OnnxTeacher:
+        """The model in an .onnx file; the options it leaves out come from its kdiqa metadata or its graph."""
+        file = Path(path).expanduser()
+        if not file.is_file():
+            raise CheckpointError(f"{AT}.path: {file}: ONNX file not found")
+        data = file.read_bytes()
+        session = open_session(data, str(file))
+        # the digest, not the file's name or place: a renamed or moved model keeps its caches valid
+        digest = {"blake2b": hashlib.blake2b(data, digest_size=16).hexdigest()}
+        teacher = cls(**_resolve(options, session, file), model_bytes=len(data), initialised_from=digest)
+        teacher._model, teacher._session = torch.frombuffer(bytearray(data), dtype=torch.uint8), session
+        return teacher
 
     # ----------------------------------------------------------------- the model's bytes as state
     def get_extra_state(self) -> torch.Tensor:
@@ -245,7 +245,7 @@ class OnnxTeacher(Teacher):
             try:
                 out = session.run(names, {feed.name: chunk})
             except Exception as exc:
-                raise KdiqaError(f"onnx teacher: onnxruntime failed on input {tuple(chunk.shape)} ({_first_line(exc)})") from None
+                raise KdiqaError(f"onnx teacher: onnxruntime failed on input {tuple(chunk.shape)} ({first_line(exc)})") from None
             parts.append([np.asarray(o)[:real] for o in out])
         return {name: np.concatenate([p[i] for p in parts]) for i, name in enumerate(names)}
 
@@ -262,12 +262,6 @@ class OnnxTeacher(Teacher):
                 raise KdiqaError(f"onnx teacher: output {self.config['features'][name]!r} has shape {tuple(value.shape)} for {batch} images")
         score = self.scale.to_unit(torch.from_numpy(raw)).to(images.device)
         return TeacherOutput(score=score, dist=None if dist is None else torch.from_numpy(dist).to(images.device), features=features)
-
-    def feature_shapes(self, image_size: int | tuple[int, int]) -> dict[str, tuple[int, ...]]:
-        """As the base class, without parameters to find a device on: the model runs on the CPU."""
-        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-        out = self(torch.zeros(1, 3, h, w))
-        return {k: tuple(v.shape[1:]) for k, v in out.features.items()}
 
     @staticmethod
     def describe() -> dict[str, Any]:
@@ -299,7 +293,8 @@ def _resolve(options: dict[str, Any], session: Any, path: Path) -> dict[str, Any
     shape = list(inputs[0].shape)
     if len(shape) != 4:
         raise ConfigError(f"{path}: the model's input {inputs[0].name!r} has shape {shape}; expected 4 axes (a batch of images)")
-    resolved = dict(options)
+    unset = dict.fromkeys(("input_size", "input_range", "output", "dist_output", "score_range"))
+    resolved = {**unset, **options, "features": dict(options.get("features") or {})}
     if meta:
         spec = meta["input"]
         resolved["input_size"] = resolved["input_size"] or (list(spec["size"]) if spec.get("size") else None)
@@ -307,7 +302,7 @@ def _resolve(options: dict[str, Any], session: Any, path: Path) -> dict[str, Any
         resolved["output"] = resolved["output"] or ("score" if "score" in outputs else None)
         resolved["dist_output"] = resolved["dist_output"] or ("dist" if "dist" in outputs else None)
         resolved["score_range"] = resolved["score_range"] or [0.0, 1.0]  # kdiqa students score on kdiqa's scale
-    spatial = shape[1:3] if resolved["layout"] == "NHWC" else shape[2:4]
+    spatial = shape[1:3] if str(options.get("layout", "NCHW")).upper() == "NHWC" else shape[2:4]
     if resolved["input_size"] is None and all(isinstance(d, int) and d > 0 for d in spatial):
         resolved["input_size"] = [int(d) for d in spatial]
     resolved["input_range"] = resolved["input_range"] or [0.0, 1.0]

@@ -35,9 +35,9 @@ from typing import Any
 
 import torch
 
-from kdiqa.errors import CheckpointError, ConfigError, KdiqaError
+from kdiqa.errors import CheckpointError, ConfigError, KdiqaError, first_line
 from kdiqa.registry import TEACHERS
-from kdiqa.teacher import Teacher, TeacherOutput
+from kdiqa.teachers.base import Teacher, TeacherOutput
 from kdiqa.teachers.external.common import FeatureTaps, ScoreScale, check_range_option, parse_score_range
 from kdiqa.teachers.external.offline import Guard, MissingFileError, no_downloads
 
@@ -53,7 +53,7 @@ def require_pyiqa() -> Any:
     except ImportError as exc:
         if exc.name == "pyiqa":
             raise KdiqaError(f"the pyiqa teacher needs pyiqa, which is not installed: {INSTALL_HINT}") from None
-        raise KdiqaError(f"pyiqa is installed but cannot be imported ({_first_line(exc)}): {INSTALL_HINT}") from None
+        raise KdiqaError(f"pyiqa is installed but cannot be imported ({first_line(exc)}): {INSTALL_HINT}") from None
     return pyiqa
 
 
@@ -110,22 +110,17 @@ def build_metric(metric: str, weights: str | None = None, metric_options: Mappin
     except pickle.UnpicklingError as exc:
         raise CheckpointError(
             f"{AT}.weights: {opts.get('pretrained_model_path')} holds more than tensors and kdiqa reads weights with "
-            f"torch.load(weights_only=True) only ({_first_line(exc)}); re-save its state dict"
+            f"torch.load(weights_only=True) only ({first_line(exc)}); re-save its state dict"
         ) from None
     except TypeError as exc:
         if "argument" in str(exc):
-            raise ConfigError(f"{AT}.metric_options: pyiqa metric {metric!r} does not take them ({_first_line(exc)})") from None
-        raise CheckpointError(f"pyiqa could not build metric {metric!r} ({_first_line(exc)})") from None
+            raise ConfigError(f"{AT}.metric_options: pyiqa metric {metric!r} does not take them ({first_line(exc)})") from None
+        raise CheckpointError(f"pyiqa could not build metric {metric!r} ({first_line(exc)})") from None
     except Exception as exc:  # a third-party constructor raises anything; the user needs one line
         hint = ""
         if "hugging" in str(exc).lower() or "offline" in str(exc).lower():  # transformers, with the hub offline
             hint = "; kdiqa keeps the Hugging Face hub offline: the files it needs must be in the local Hugging Face cache"
-        raise CheckpointError(f"pyiqa could not build metric {metric!r} ({_first_line(exc)}){hint}") from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+        raise CheckpointError(f"pyiqa could not build metric {metric!r} ({first_line(exc)}){hint}") from None
 
 
 @TEACHERS.register("pyiqa")
@@ -157,7 +152,7 @@ class PyIQATeacher(Teacher):
         lower_better: bool | None = None,
     ):
         if torch.empty(0).device.type == "meta":
-            # load_teacher tries a weightless build first; this builder reads files, so it needs a real one
+            # from_pretrained tries a weightless build first; this builder reads files, so it needs a real one
             raise RuntimeError("a pyiqa teacher is built on a real device")
         if not metric:
             raise ConfigError(f"{AT}.metric: name a pyiqa metric, e.g. topiq_nr (`kdiqa info teacher pyiqa` lists them)")

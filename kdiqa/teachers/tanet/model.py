@@ -37,10 +37,11 @@ import torch.nn.functional as F
 from timm.models.resnet import BasicBlock, ResNet
 from torch import nn
 
+from kdiqa.config.schema import check_choice
 from kdiqa.errors import ConfigError
 from kdiqa.metrics import dist_mean
 from kdiqa.registry import TEACHERS
-from kdiqa.teacher import Teacher, TeacherOutput
+from kdiqa.teachers.base import Teacher, TeacherOutput
 from kdiqa.teachers.tanet.mobilenet import LAST_CHANNELS, official_mobilenet_v2_features
 from kdiqa.teachers.tanet.official import load_nima_mobilenet, load_official_checkpoint, load_places365_resnet18
 
@@ -141,17 +142,17 @@ class TANetTeacher(Teacher):
       batch_mode         "per_sample" (default, batch independent) or "official" (the released batch mixing)
       preset             "official" (ResNet-18 / MobileNetV2 1.0) or "tiny" (thin backbones, same heads)
       freeze_theme       keep the Places365 ResNet frozen, as the paper does
-      theme_weights      local resnet18_places365.pth.tar for the theme backbone (read at first build only)
-      mobilenet_weights  local NIMA mobilenetv2.pth.tar for the aesthetic branch (first build only)
-      checkpoint         a released TANet .pth (whole model, official names; first build only)
+    Weight files (recipe options; ``initialised_from`` records them):
+      theme_weights      local resnet18_places365.pth.tar for the theme backbone  (:meth:`from_parts`)
+      mobilenet_weights  local NIMA mobilenetv2.pth.tar for the aesthetic branch   (:meth:`from_parts`)
+      checkpoint         a released TANet .pth (whole model, official names)       (:meth:`from_official`)
 
-    Weight files are read when the teacher is first built and then cleared from ``config``
-    (``initialised_from`` records them), so a saved teacher reloads from its own weights alone.
     Features: ``fusion`` (B, 30), ``aesthetic``, ``theme``, ``rgb`` (B, 10 each) and ``aesthetic_map``
     (B, 1280, H/32, W/32), the MobileNetV2 map.
     """
 
     name = "tanet"
+    weight_options = ("theme_weights", "mobilenet_weights", "checkpoint")
 
     def __init__(
         self,
@@ -159,26 +160,11 @@ class TANetTeacher(Teacher):
         batch_mode: str = "per_sample",
         preset: str = "official",
         freeze_theme: bool = True,
-        theme_weights: str | None = None,
-        mobilenet_weights: str | None = None,
-        checkpoint: str | None = None,
         initialised_from: dict[str, Any] | None = None,
     ):
         for key, value, choices in (("task", task, TASKS), ("batch_mode", batch_mode, BATCH_MODES), ("preset", preset, tuple(PRESETS))):
-            if value not in choices:
-                raise ConfigError(f"tanet {key}: {value!r} is not one of {', '.join(map(repr, choices))}")
-        sources = {"theme_weights": theme_weights, "mobilenet_weights": mobilenet_weights, "checkpoint": checkpoint}
-        given = {k: str(v) for k, v in sources.items() if v}
-        super().__init__(
-            task=task,
-            batch_mode=batch_mode,
-            preset=preset,
-            freeze_theme=bool(freeze_theme),
-            theme_weights=None,
-            mobilenet_weights=None,
-            checkpoint=None,
-            initialised_from=given or initialised_from,
-        )
+            check_choice(f"tanet {key}", value, choices)
+        super().__init__(freeze_theme=bool(freeze_theme))
         arch = PRESETS[preset]
         self.task = task
         self.freeze_theme = bool(freeze_theme)
@@ -189,21 +175,36 @@ class TANetTeacher(Teacher):
         self.aesthetic_head = _head(LAST_CHANNELS, BRANCH_DIM)
         self.rgb_head = _head(RGB_GRID**4, BRANCH_DIM)
         self.fusion_head = _head(3 * BRANCH_DIM, NUM_BINS if task == "ava" else 1)
-
-        if theme_weights:
-            load_places365_resnet18(self.theme.backbone, theme_weights)
-        if mobilenet_weights:
-            load_nima_mobilenet(self.aesthetic, mobilenet_weights)
-        if checkpoint:
-            load_official_checkpoint(self, checkpoint)
         if self.freeze_theme:
             self.theme.backbone.requires_grad_(False)
             self.theme.backbone.eval()
 
-    @staticmethod
-    def describe(preset: str = "official", task: str = "ava") -> dict[str, int]:
-        """Parameter counts per branch, for ``kdiqa info teacher tanet --preset tiny``."""
-        return describe(preset, task)
+    @classmethod
+    def from_options(cls, theme_weights: str | None = None, mobilenet_weights: str | None = None,
+                     checkpoint: str | None = None, **arch: Any) -> TANetTeacher:
+        if checkpoint:  # every tensor: the parts' files would be overwritten
+            return cls.from_official(checkpoint, **arch)
+        if theme_weights or mobilenet_weights:
+            return cls.from_parts(theme_weights, mobilenet_weights, **arch)
+        return cls(**arch)
+
+    @classmethod
+    def from_official(cls, path: str, **arch: Any) -> TANetTeacher:
+        """A released TANet checkpoint (``SRCC_758_LCC_765.pth`` for AVA, ``SRCC_513_LCC_531_MSE_016.pth`` for TAD66K)."""
+        model = cls(**arch, initialised_from={"checkpoint": str(path)})
+        load_official_checkpoint(model, path)
+        return model
+
+    @classmethod
+    def from_parts(cls, theme_weights: str | None = None, mobilenet_weights: str | None = None, **arch: Any) -> TANetTeacher:
+        """The pretrained parts TANet training starts from: the Places365 ResNet-18 and NIMA's MobileNetV2."""
+        files = {"theme_weights": theme_weights, "mobilenet_weights": mobilenet_weights}
+        model = cls(**arch, initialised_from={k: str(v) for k, v in files.items() if v})
+        if theme_weights:
+            load_places365_resnet18(model.theme.backbone, theme_weights)
+        if mobilenet_weights:
+            load_nima_mobilenet(model.aesthetic, mobilenet_weights)
+        return model
 
     def train(self, mode: bool = True) -> TANetTeacher:
         super().train(mode)
@@ -230,29 +231,20 @@ class TANetTeacher(Teacher):
             return TeacherOutput(score=(dist_mean(dist) - 1) / (NUM_BINS - 1), dist=dist, features=features)
         return TeacherOutput(score=torch.sigmoid(logits).squeeze(1), features=features)
 
-    def feature_shapes(self, image_size: int | tuple[int, int]) -> dict[str, tuple[int, ...]]:
-        """As the base class, with two images: the official AVA theme path cannot run on one."""
-        h, w = (image_size, image_size) if isinstance(image_size, int) else image_size
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                out = self(torch.zeros(2, 3, h, w, device=self.mean.device))
-        finally:
-            self.train(was_training)
-        return {k: tuple(v.shape[1:]) for k, v in out.features.items()}
+    @classmethod
+    def describe(cls, preset: str = "official", task: str = "ava") -> dict[str, int]:
+        """Parameter counts per branch, for ``kdiqa info teacher tanet --preset tiny``, the README and benchmarks."""
+        model = cls(task=task, preset=preset)
+        parts = {
+            "theme_backbone": model.theme.backbone,
+            "theme_hyper_target": nn.ModuleList([m for n, m in model.theme.named_children() if n != "backbone"]),
+            "aesthetic": nn.ModuleList([model.aesthetic, model.aesthetic_head]),
+            "rgb": model.rgb_head,
+            "fusion": model.fusion_head,
+        }
+        counts = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
+        counts["total"] = sum(p.numel() for p in model.parameters())
+        return counts
 
 
-def describe(preset: str = "official", task: str = "ava") -> dict[str, int]:
-    """Parameter counts per branch (for the README and benchmarks)."""
-    model = TANetTeacher(task=task, preset=preset)
-    parts = {
-        "theme_backbone": model.theme.backbone,
-        "theme_hyper_target": nn.ModuleList([m for n, m in model.theme.named_children() if n != "backbone"]),
-        "aesthetic": nn.ModuleList([model.aesthetic, model.aesthetic_head]),
-        "rgb": model.rgb_head,
-        "fusion": model.fusion_head,
-    }
-    counts = {k: sum(p.numel() for p in m.parameters()) for k, m in parts.items()}
-    counts["total"] = sum(p.numel() for p in model.parameters())
-    return counts
+describe = TANetTeacher.describe

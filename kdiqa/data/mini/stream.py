@@ -12,10 +12,10 @@ is distorted, so that no photograph's look can stand in for its quality:
 - grey conversion (p = 0.2);
 - exposure: gamma ``e^U(-0.4, 0.4)`` on the reference, so "darker than usual" is not itself a flaw.
 
-Then, as in :func:`kdiqa.data.mini.make_sample`: flat crops are redrawn, 5 % stay clean, one distortion
-at a uniform level, and the label ``q = 1 − sqrt(1 − MS-SSIM(distorted, its own reference))`` —
-computed against the *augmented* reference, so labels stay full-reference exact. Only training
-photographs are used; sample ``i`` of worker ``w`` is drawn from
+Then, as in :func:`kdiqa.data.mini.synthesis.make_sample`: flat crops are redrawn, 5 % stay clean, one
+distortion at a uniform level, and the label ``q = 1 − sqrt(1 − MS-SSIM(distorted, its own
+reference))`` — computed against the *augmented* reference, so labels stay full-reference exact.
+Only training photographs are used; sample ``i`` of worker ``w`` is drawn from
 ``numpy.random.default_rng([seed, STREAM_BASE + w, i])``, so a stream is reproducible for a seed and
 a worker count, and never repeats a dataset sample (those use streams 0–3).
 """
@@ -28,15 +28,15 @@ import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
-from kdiqa.data.distortions import DISTORTIONS, apply_distortion
-from kdiqa.data.mini import CLEAN_FRACTION, MAX_CROP_TRIES, _has_colour, _worker_photos, is_flat, pseudo_mos
+from kdiqa.data.mini.label import LABEL_BATCH, pseudo_mos
+from kdiqa.data.mini.photographs import photo_images
+from kdiqa.data.mini.synthesis import MAX_CROP_TRIES, distort, is_flat
 from kdiqa.errors import DataError
 
 STREAM_BASE = 1000
 MIN_SCALE = 0.25
 GREY_PROBABILITY = 0.2
 MAX_LOG_GAMMA = 0.4
-LABEL_BATCH = 32  # labels are computed in small batches: as fast per sample as larger ones, less memory
 
 
 def augmented_reference(photo: Image.Image, size: int, rng: np.random.Generator) -> np.ndarray:
@@ -68,11 +68,7 @@ def augmented_sample(
             break
     else:
         raise DataError(f"mini stream: no textured {size}px crop found in photographs {', '.join(names)}")
-    if rng.random() < CLEAN_FRACTION:
-        return ref, ref, name
-    kinds = list(DISTORTIONS) if _has_colour(ref) else [k for k in DISTORTIONS if k != "saturation"]
-    kind = kinds[int(rng.integers(len(kinds)))]
-    return ref, apply_distortion(ref, kind, float(rng.random()), rng), name
+    return ref, distort(ref, rng)[0], name
 
 
 class LabelledCropStream(IterableDataset):
@@ -87,7 +83,7 @@ class LabelledCropStream(IterableDataset):
         info = get_worker_info()
         worker = info.id if info is not None else 0
         torch.set_num_threads(1)  # labels are small batches: one thread per data worker
-        photos = _worker_photos(self.photographs)
+        photos = photo_images(self.photographs)
         index = 0
         while True:
             refs, dists = [], []

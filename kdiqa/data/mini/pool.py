@@ -3,15 +3,15 @@
 Why: the embedded default must show the reason people distil — the teacher can label far more images
 than humans rated — so it needs a pool beside its labelled set. Like a product's photo library next
 to a rated set, the pool is also *more varied* than the labelled crops: each is a content-augmented
-crop of a *training* photograph (:func:`kdiqa.data.mini_stream.augmented_sample`: wider scale range,
+crop of a *training* photograph (:func:`kdiqa.data.mini.stream.augmented_sample`: wider scale range,
 rotation, channel permutation, grey, exposure), distorted like the training samples. The variety is
 what the teacher was fitted on and what carries its judgement to unseen photographs; measured on the
 quickstart (one run each), a KD student from plain crops scored test SRCC 0.44, from these 0.48
-(teacher 0.49). Its
-own seed stream ``numpy.random.default_rng([seed, POOL_STREAM, i])`` (the labelled splits use
-streams 0, 1, 2; the teacher's stream 1000+) means no pool crop repeats a labelled one, and
-validation and test photographs are never touched. No label is computed: the MS-SSIM pseudo-MOS is
-what the labelled set has and the pool lacks, and skipping it also makes the pool cheap.
+(teacher 0.49). Its own seed stream ``numpy.random.default_rng([seed, POOL_STREAM, i])`` (the
+labelled splits use streams 0, 1, 2; the teacher's stream 1000+) means no pool crop repeats a
+labelled one, and validation and test photographs are never touched. No label is computed: the
+MS-SSIM pseudo-MOS is what the labelled set has and the pool lacks, and skipping it also makes the
+pool cheap.
 
 Output: ``<mini root>/unlabelled-<N>/images/{i:06d}.png`` and ``list.csv`` (``path,group``: the
 photograph, for analysis; no label column), then ``meta.json``, written last. The folder is built
@@ -24,25 +24,23 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from tqdm.auto import tqdm
 
-from kdiqa.data.mini import KIND, load_photographs
-from kdiqa.data.mini_stream import augmented_sample
+from kdiqa.data.mini.dataset import KIND, building, read_meta
+from kdiqa.data.mini.photographs import load_photographs
+from kdiqa.data.mini.stream import augmented_sample
 from kdiqa.errors import DataError
 
 POOL_VERSION = 2  # 2: content-augmented crops
 POOL_KIND = "kdiqa-mini-unlabelled"
 POOL_STREAM = 3  # seed stream of pool crops: after the train/val/test streams 0, 1, 2 of make_mini
-
-
-def pool_folder(root: str | Path, n: int) -> Path:
-    return Path(root) / f"unlabelled-{n}"
+# How meta.json says the crops were made. The module was kdiqa.data.mini_stream when pools were first
+# written; it is now kdiqa.data.mini.stream, but the text stays so that a pool's files keep their bytes.
+MADE = "kdiqa.data.mini_stream.augmented_sample on the training photographs; no labels computed"
 
 
 def make_mini_pool(root: str | Path, n: int, progress: bool = True) -> list[tuple[str, str]]:
@@ -51,15 +49,12 @@ def make_mini_pool(root: str | Path, n: int, progress: bool = True) -> list[tupl
     root = Path(root)
     if n < 1:
         raise DataError(f"data.unlabelled.mini: need at least 1 crop, got {n}")
-    try:
-        meta = json.loads((root / "meta.json").read_text())
-    except (OSError, ValueError):
-        meta = {}
+    meta = read_meta(root)
     if meta.get("kind") != KIND:
         raise DataError(f"{root}: no mini dataset here (meta.json missing or not made by kdiqa); build it first")
     params = {"version": POOL_VERSION, "n": n, "size": meta["size"], "seed": meta["seed"],
               "photographs": sorted(meta["photographs"]["train"])}
-    folder = pool_folder(root, n)
+    folder = root / f"unlabelled-{n}"
     if not _is_complete(folder, params):
         _build(folder, params, progress)
     with open(folder / "list.csv", newline="") as f:
@@ -67,54 +62,27 @@ def make_mini_pool(root: str | Path, n: int, progress: bool = True) -> list[tupl
 
 
 def _is_complete(folder: Path, params: dict) -> bool:
-    try:
-        meta = json.loads((folder / "meta.json").read_text())
-    except (OSError, ValueError):
-        return False
+    meta = read_meta(folder)
     return meta.get("kind") == POOL_KIND and meta.get("params") == params
 
 
 def _build(folder: Path, params: dict, progress: bool) -> None:
-    from tqdm.auto import tqdm
-
     names = params["photographs"]
     photos = {name: Image.fromarray(img) for name, img in load_photographs(names).items()}
     if sorted(photos) != names:
         raise DataError(f"mini pool: training photographs {', '.join(sorted(set(names) - set(photos)))} no longer load")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.building-", dir=folder.parent))
-    try:
+    with building(folder, lambda f: _is_complete(f, params)) as tmp:
         (tmp / "images").mkdir()
         listing = io.StringIO(newline="")
         writer = csv.writer(listing, lineterminator="\n")
         writer.writerow(["path", "group"])
-        for i in tqdm(range(params["n"]), desc="mini unlabelled pool", unit="img", disable=not progress, leave=False):
+        for i in tqdm(range(params["n"]), desc="mini unlabelled pool", unit="img", leave=False,
+                      disable=None if progress else True):
             rng = np.random.default_rng([params["seed"], POOL_STREAM, i])
             _, distorted, photo = augmented_sample(photos, names, params["size"], rng)
             name = f"images/{i:06d}.png"
             Image.fromarray(distorted).save(tmp / name, compress_level=1)
             writer.writerow([name, photo])
         (tmp / "list.csv").write_text(listing.getvalue())
-        meta = {"kind": POOL_KIND, "params": params, "stream": POOL_STREAM,
-                "made": "kdiqa.data.mini_stream.augmented_sample on the training photographs; no labels computed"}
+        meta = {"kind": POOL_KIND, "params": params, "stream": POOL_STREAM, "made": MADE}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")  # last: marks the folder complete
-        _move_into_place(tmp, folder, params)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _move_into_place(tmp: Path, folder: Path, params: dict) -> None:
-    """Replace ``folder`` by the finished ``tmp``, unless another process finished the same pool first."""
-    if _is_complete(folder, params):
-        return
-    if folder.exists():  # a pool of this size made with other parameters: swap it out, then delete it
-        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-        os.replace(folder, old / "x")
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-        return
-    try:
-        os.replace(tmp, folder)
-    except OSError:
-        if not _is_complete(folder, params):  # not a concurrent build of the same pool: a real failure
-            raise

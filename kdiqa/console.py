@@ -8,20 +8,18 @@ diffusers' or transformers' advice. :func:`setup_console` silences exactly that 
 the warnings that remain on one line each; ``--verbose`` leaves every library as it is.
 
 When stdout is not a terminal (a log file, CI), a progress bar redraws one line with carriage
-returns and reads as noise or nothing; :class:`PlainProgress` prints plain lines there instead.
+returns and reads as noise or nothing; :func:`use_plain_progress` says so, and training then prints
+plain lines (:class:`kdiqa.trainer.PlainProgress`). This module imports no Lightning: ``kdiqa predict``
+reports through it and starts without Lightning's seconds of imports.
 """
 from __future__ import annotations
 
 import logging
 import os
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Any
-
-import pytorch_lightning as pl
-from pytorch_lightning.callbacks import ProgressBar
 
 # messages of warnings that are chatter for a kdiqa user (regular expressions, matched at the start)
 CHATTER = (
@@ -73,64 +71,6 @@ def _one_line(message: Warning | str, category: type[Warning], filename: str, li
         stream.write(f"kdiqa: warning: {text}\n" if own else f"warning: {text} (from {library})\n")
     except OSError:
         pass  # a closed or full stream: warnings are not worth failing for
-
-
-class PlainProgress(ProgressBar):
-    """Lightning progress as plain lines (one every ``every`` seconds and one per epoch), for logs.
-
-    Used instead of the bar when stdout is not a terminal: ``<name> epoch 2/10 step 140/700 train/loss
-    0.0123 (35 s)``, then the validation metrics when an epoch ends.
-    """
-
-    def __init__(self, name: str, every: float = 30.0) -> None:
-        super().__init__()
-        self.name = name
-        self.every = every
-        self._enabled = True
-        self._start = self._last = 0.0
-
-    def disable(self) -> None:
-        self._enabled = False
-
-    def enable(self) -> None:
-        self._enabled = True
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._start = self._last = time.monotonic()
-        if trainer.global_step:
-            self._say(f"resumed at epoch {trainer.current_epoch}, step {trainer.global_step}", trainer)
-
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
-        now = time.monotonic()
-        if now - self._last >= self.every:
-            self._last = now
-            self._say(self._metrics(trainer, "train/"), trainer)
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not trainer.sanity_checking:
-            self._say(self._metrics(trainer, "val/"), trainer)
-
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._enabled and trainer.is_global_zero:
-            print(f"{self.name}: done, {trainer.global_step} steps ({time.monotonic() - self._start:.0f} s)", flush=True)
-
-    def _metrics(self, trainer: pl.Trainer, prefix: str) -> str:
-        shown = []
-        for name in ("loss", "srcc", "plcc"):
-            value = trainer.callback_metrics.get(prefix + name)
-            if value is not None:
-                shown.append(f"{prefix}{name} {float(value):.4f}")
-        return ", ".join(shown)
-
-    def _say(self, what: str, trainer: pl.Trainer) -> None:
-        if not self._enabled or not trainer.is_global_zero:
-            return
-        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
-        steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else int(trainer.estimated_stepping_batches)
-        line = (f"{self.name}: epoch {trainer.current_epoch + 1}/{epochs} step {trainer.global_step}/{steps}"
-                f"{', ' + what if what else ''} ({time.monotonic() - self._start:.0f} s)")
-        print(line, flush=True)
 
 
 def use_plain_progress() -> bool:

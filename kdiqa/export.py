@@ -19,13 +19,24 @@ still written but not verified, with a warning saying so; TorchScript needs noth
 
 ONNX exporters: ``legacy`` (default; torch's TorchScript-based exporter — deprecated by torch but fast
 and needing only ``onnx``) or ``dynamo`` (torch.export-based; needs ``onnxscript``, slower to export).
+
+Reduced precision (ONNX only): ``precision="int8"`` (static quantization, calibrated on the training
+views a recipe names) or ``"fp16"`` (:mod:`kdiqa.quantize`, :mod:`kdiqa.calibration`). The float graph
+is exported and parity-checked first, as above, so an exporter fault is never blamed on quantization;
+then the converted file's *accuracy* is checked: SRCC/PLCC against MOS of the float student and of the
+file on the recipe's held-out split, written to the sidecar (``accuracy``). A file whose SRCC moves by
+more than ``max_srcc_drop`` is refused like a failed parity check — nothing is written, exit 2 — unless
+``force``, which writes it with ``accuracy.passed: false``. Why refuse by default: exports run in
+deploy pipelines, where a non-zero exit stops a bad model and a flag in a JSON file is easily shipped
+unread; whoever accepts the loss says so with ``--force``, and the sidecar keeps the figures.
 """
 from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, redirect_stdout
 from pathlib import Path
 from typing import Any
@@ -35,15 +46,27 @@ import torch
 from torch import nn
 
 from kdiqa import __version__
+from kdiqa.calibration import (
+    DEFAULT_CALIBRATION,
+    MAX_SRCC_DROP,
+    CalibrationViews,
+    accuracy_check,
+    find_export_data,
+    heldout_images,
+)
 from kdiqa.data.views import ViewSampler
 from kdiqa.errors import KdiqaError, first_line
 from kdiqa.exported import INSTALL_HINT, METADATA_KEY, TORCHSCRIPT_METADATA, OnnxModel, TorchScriptModel, sidecar_path
 from kdiqa.io import atomic_path, write_json
+from kdiqa.quantize import convert_fp16, quantize_int8
 from kdiqa.students.base import Student
 
 FORMATS = ("onnx", "torchscript")
 EXPORTERS = ("legacy", "dynamo")
+PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_NAMES = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+REDUCED_NAMES = {"fp16": "model.fp16.onnx", "int8": "model.int8.onnx"}
+CALIBRATION_BATCH = 8  # views per calibration run of a dynamic-batch graph
 DEFAULT_OPSET = {"legacy": 17, "dynamo": 18}
 TOLERANCE = 1e-4
 PARITY_BATCHES = (1, 7)  # dynamic-batch graphs are checked at both: one image, and an odd batch
@@ -84,25 +107,44 @@ def export_student(
     opset: int | None = None,
     exporter: str = "legacy",
     tolerance: float = TOLERANCE,
+    precision: str = "fp32",
+    recipe: str | Path | None = None,
+    calibration: int = DEFAULT_CALIBRATION,
+    check_split: str = "test",
+    max_srcc_drop: float = MAX_SRCC_DROP,
+    force: bool = False,
 ) -> dict[str, Any]:
-    """Export the student saved in ``checkpoint``, verify it, write it and its JSON sidecar; returns the sidecar dict."""
+    """Export the student saved in ``checkpoint``, verify it, write it and its JSON sidecar; returns the sidecar dict.
+
+    ``precision`` ``fp16``/``int8`` (ONNX): see the module docstring; ``recipe`` (default: the student's run
+    folder's) names the ``calibration`` training views (int8) and the held-out ``check_split``.
+    """
     if fmt not in FORMATS:
         raise ExportError(f"export: unknown format {fmt!r} (choose from {', '.join(FORMATS)})")
     if exporter not in EXPORTERS:
         raise ExportError(f"export: unknown ONNX exporter {exporter!r} (choose from {', '.join(EXPORTERS)})")
+    if precision not in PRECISIONS:
+        raise ExportError(f"export: unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
+    if precision != "fp32" and fmt != "onnx":
+        raise ExportError(f"export: {precision} needs --format onnx (TorchScript files are exported in float32)")
     if batch_size < 1:
         raise ExportError(f"export: batch size must be at least 1, got {batch_size}")
     if not tolerance >= 0:
         raise ExportError(f"export: tolerance must be a non-negative number, got {tolerance}")
+    if not max_srcc_drop >= 0:
+        raise ExportError(f"export: the largest SRCC change allowed must be a non-negative number, got {max_srcc_drop}")
     if fmt == "onnx":
         _require_onnx(exporter)
+    if precision != "fp32":
+        _require_onnxruntime(precision)
     student = Student.from_pretrained(checkpoint).float()
-    out = Path(out) if out is not None else Path(checkpoint) / DEFAULT_NAMES[fmt]
+    out = Path(out) if out is not None else Path(checkpoint) / (REDUCED_NAMES.get(precision) or DEFAULT_NAMES[fmt])
     size = _hw(student.config["image_size"])
     graph = ScoreGraph(student).eval()
     outputs = ["score", "dist"] if graph.has_dist else ["score"]
     meta: dict[str, Any] = {
         "format": fmt,
+        "precision": precision,
         "kdiqa_version": __version__,
         "torch_version": torch.__version__,
         "source": str(checkpoint),
@@ -126,6 +168,13 @@ def export_student(
         meta["onnx"] = {"exporter": exporter, "opset": int(opset or DEFAULT_OPSET[exporter])}
 
     batches = parity_inputs(size, None if dynamic_batch else batch_size)
+    if precision != "fp32":
+        def write_float(path: Path) -> None:
+            _export_onnx(graph, path, size, outputs, dynamic_batch, batch_size, meta, exporter)
+
+        calibration_batch = (CALIBRATION_BATCH, False) if dynamic_batch else (batch_size, True)  # (size, padded)
+        return _export_reduced(student, write_float, checkpoint, out, meta, batches, tolerance, calibration_batch,
+                               recipe, calibration, check_split, max_srcc_drop, force)
     with atomic_path(out) as tmp:
         if fmt == "onnx":
             _export_onnx(graph, tmp, size, outputs, dynamic_batch, batch_size, meta, exporter)
@@ -136,6 +185,49 @@ def export_student(
     write_json(sidecar_path(out), meta)
     meta["path"] = str(out)
     return meta
+
+
+def _export_reduced(student: Student, write_float: Callable[[Path], None], checkpoint: str | Path, out: Path,
+                    meta: dict[str, Any], batches: list[tuple[str, torch.Tensor]], tolerance: float,
+                    calibration_batch: tuple[int, bool], recipe: str | Path | None, calibration: int, check_split: str,
+                    max_srcc_drop: float, force: bool) -> dict[str, Any]:
+    """fp16 / int8: the float graph (parity-checked) → converted file → accuracy check → written, or refused."""
+    precision = meta["precision"]
+    size = tuple(meta["input"]["size"])
+    why = "export --quantize int8" if precision == "int8" else f"export --precision {precision}"
+    data = find_export_data(checkpoint, recipe, why)  # every input error before minutes of work
+    heldout = heldout_images(data, size, check_split)
+    views = CalibrationViews(data, size, calibration) if precision == "int8" else None
+    with tempfile.TemporaryDirectory(prefix="kdiqa-export-") as work:
+        float_graph = Path(work) / "float32.onnx"
+        write_float(float_graph)
+        meta["parity"] = dict(check_parity(student, float_graph, "onnx", batches, tolerance, out), graph="float32, before conversion")
+        with atomic_path(out) as tmp:
+            if views is not None:
+                meta["conversion"] = quantize_int8(float_graph, tmp, views.batches(*calibration_batch))
+                meta["conversion"]["calibration"] = views.source
+            else:
+                meta["conversion"] = convert_fp16(float_graph, tmp)
+            model = OnnxModel(tmp, providers=["CPUExecutionProvider"])
+            check = accuracy_check(student, model, heldout, max_srcc_drop)
+            meta["accuracy"] = {"split": check_split, "recipe": data.source, **check, "forced": bool(force and not check["passed"])}
+            if not check["passed"] and not force:
+                raise ExportError(
+                    f"{out}: accuracy check failed: {precision} {check_split} SRCC {check['exported']['srcc']:.4f} vs float "
+                    f"{check['float']['srcc']:.4f} (|change| {abs(check['delta_srcc']):.4f} > {max_srcc_drop:g}); nothing was "
+                    "written (pass --force to keep it, flagged in its sidecar)"
+                )
+            _write_meta(tmp, "onnx", meta)
+    write_json(sidecar_path(out), meta)
+    meta["path"] = str(out)
+    return meta
+
+
+def _require_onnxruntime(precision: str) -> None:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        raise ExportError(f"export {precision}: onnxruntime is needed to convert and check the model ({INSTALL_HINT})") from None
 
 
 def _require_onnx(exporter: str) -> None:

@@ -2,17 +2,18 @@
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import pytorch_lightning as pl
 from lightning_fabric.utilities.exceptions import MisconfigurationException
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import ModelCheckpoint, ProgressBar
 from pytorch_lightning.loggers import Logger, TensorBoardLogger
 
 from kdiqa.checkpoints import AtomicCheckpointIO, HistoryCSVLogger, LatestCheckpoint, RunState, load_state
 from kdiqa.config.schema import TrainerConfig
-from kdiqa.console import PlainProgress, use_plain_progress
+from kdiqa.console import use_plain_progress
 from kdiqa.errors import CheckpointError, ConfigError, first_line
 from kdiqa.run import RunDir
 
@@ -86,6 +87,7 @@ def make_trainer(cfg: TrainerConfig, run: RunDir, name: str, monitor: str) -> tu
         max_time=cfg.max_time,
         accelerator=cfg.accelerator,
         devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
         strategy=cfg.strategy,
         precision=cfg.precision,
         check_val_every_n_epoch=cfg.check_val_every_n_epoch,
@@ -136,3 +138,61 @@ def fit_validation_best(module: pl.LightningModule, dm: pl.LightningDataModule, 
         raise CheckpointError(f"{checkpoint.dirpath}: no validation checkpoint was saved (is the val split empty?)")
     module.load_state_dict(load_state(best)["state_dict"])
     return best
+
+
+class PlainProgress(ProgressBar):
+    """Lightning progress as plain lines (one every ``every`` seconds and one per epoch), for logs.
+
+    Used instead of the bar when stdout is not a terminal: ``<name> epoch 2/10 step 140/700 train/loss
+    0.0123 (35 s)``, then the validation metrics when an epoch ends.
+    """
+
+    def __init__(self, name: str, every: float = 30.0) -> None:
+        super().__init__()
+        self.name = name
+        self.every = every
+        self._enabled = True
+        self._start = self._last = 0.0
+
+    def disable(self) -> None:
+        self._enabled = False
+
+    def enable(self) -> None:
+        self._enabled = True
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._start = self._last = time.monotonic()
+        if trainer.global_step:
+            self._say(f"resumed at epoch {trainer.current_epoch}, step {trainer.global_step}", trainer)
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.every:
+            self._last = now
+            self._say(self._metrics(trainer, "train/"), trainer)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._say(self._metrics(trainer, "val/"), trainer)
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._enabled and trainer.is_global_zero:
+            print(f"{self.name}: done, {trainer.global_step} steps ({time.monotonic() - self._start:.0f} s)", flush=True)
+
+    def _metrics(self, trainer: pl.Trainer, prefix: str) -> str:
+        shown = []
+        for name in ("loss", "srcc", "plcc"):
+            value = trainer.callback_metrics.get(prefix + name)
+            if value is not None:
+                shown.append(f"{prefix}{name} {float(value):.4f}")
+        return ", ".join(shown)
+
+    def _say(self, what: str, trainer: pl.Trainer) -> None:
+        if not self._enabled or not trainer.is_global_zero:
+            return
+        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else "?"
+        steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else int(trainer.estimated_stepping_batches)
+        line = (f"{self.name}: epoch {trainer.current_epoch + 1}/{epochs} step {trainer.global_step}/{steps}"
+                f"{', ' + what if what else ''} ({time.monotonic() - self._start:.0f} s)")
+        print(line, flush=True)

@@ -35,14 +35,24 @@ KD = [
 
 @pytest.fixture
 def no_network(monkeypatch):
-    """Any connection that gets past kdiqa's guard to the real socket layer fails the test."""
+    """Any connection that gets past kdiqa's guard to the real socket layer fails the test.
+
+    Unix-domain sockets are local IPC, not the network: DataLoader workers (``kdiqa predict``) hand
+    tensors back through one, so only internet sockets are refused.
+    """
     reached: list[str] = []
+    real_connect = socket.socket.connect
 
     def refuse(*args, **kwargs):
         reached.append(repr(args[-1] if args else kwargs))
         raise AssertionError(f"network reached: {args!r}")
 
-    monkeypatch.setattr(socket.socket, "connect", lambda self, address: refuse(address))
+    def connect(self, address):
+        if self.family == socket.AF_UNIX:
+            return real_connect(self, address)
+        refuse(address)
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
     monkeypatch.setattr(socket, "getaddrinfo", lambda host, *a, **k: refuse(host))
     yield reached
     assert not reached, f"the network was reached: {reached}"

@@ -4,7 +4,9 @@
 - :class:`CachedViews` reads it as a torch Dataset of the same views plus the teacher's targets;
 - :func:`merge_shards` joins shard files through virtual datasets;
 - :func:`cache_info` / :func:`format_cache_info` describe a cache;
-- :func:`teacher_targets` turns a teacher's output into targets, for the cache and for online distillation.
+- :func:`teacher_targets` turns a teacher's output into targets, for the cache and for online distillation;
+- feature maps are stored as float16, float32 or int8 (:mod:`.quantize`: a scale and zero point per view
+  and channel), from a teacher run in fp32 or under bf16/fp16 autocast (:mod:`.precision`).
 
 Views, not images, are cached: a teacher's target for one random crop is a wrong target for another, so
 the student must see the very view the teacher saw. A view is stored as its parameters (crop box, flip,

@@ -31,7 +31,7 @@ MEANING = {
     "teacher": "the teacher's config or weights changed",
     "dataset": "the image list, the labels or the unlabelled pool's files changed",
     "views": "the view policy (sampler, views per image, first view, seed) changed",
-    "targets": "the stored features, pooling or dtype changed",
+    "targets": "the stored features, pooling, dtype or the teacher's precision (cache.precision) changed",
 }
 
 
@@ -143,9 +143,17 @@ def view_fingerprint(sampler: ViewSampler, views_per_image: int, first_view_eval
     return _digest_of(policy)
 
 
-def targets_fingerprint(features: Sequence[str], pool: Mapping[str, Any], dtype: str) -> str:
-    """Digest of what is stored per view: feature names, their pooling, the feature dtype."""
-    return _digest_of({"features": list(features), "pool": {k: pool[k] for k in sorted(pool)}, "dtype": dtype})
+def targets_fingerprint(features: Sequence[str], pool: Mapping[str, Any], dtype: str, precision: str = "fp32") -> str:
+    """Digest of what is stored per view: feature names, their pooling, the feature dtype (float16,
+    float32, int8), and the precision the teacher ran in.
+
+    fp32 is left out of the digest, so caches written before ``cache.precision`` existed (all fp32)
+    keep their fingerprint; bf16 and fp16 targets are other numbers and get another one.
+    """
+    covered: dict[str, Any] = {"features": list(features), "pool": {k: pool[k] for k in sorted(pool)}, "dtype": dtype}
+    if precision != "fp32":
+        covered["precision"] = precision
+    return _digest_of(covered)
 
 
 def check_fingerprints(

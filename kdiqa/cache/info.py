@@ -18,7 +18,8 @@ def cache_info(path: str | os.PathLike) -> dict[str, Any]:
     """Facts about the cache at ``path`` (or its partial file, or its shards), as plain JSON data.
 
     Keys: path, file, complete, status (one line: ready, or what to do), views, views_done, images,
-    views_per_image, first_view_eval, seed, teacher, sampler, compression, shard, merged_from,
+    views_per_image, first_view_eval, seed, teacher, sampler, dtype (of the feature maps), precision (the
+    teacher's, when caching), compression, shard, merged_from,
     datasets ({name: shape, dtype, bytes_per_view, chunks, compression}), bytes_per_view, data_bytes,
     file_bytes (on disk, shards included), fingerprints, kdiqa_version, shards (files found beside it),
     and among the views written: labelled_views, unlabelled_views (``data.unlabelled``) and
@@ -77,6 +78,8 @@ def cache_info(path: str | os.PathLike) -> dict[str, Any]:
         "seed": meta["seed"],
         "teacher": meta.get("teacher"),
         "sampler": meta.get("sampler"),
+        "dtype": meta.get("dtype") or _map_dtype(meta),
+        "precision": meta.get("precision", "fp32"),  # caches from before cache.precision are all fp32
         "compression": meta.get("compression"),
         "shard": meta.get("shard"),
         "rows": meta.get("rows"),
@@ -102,6 +105,7 @@ def format_cache_info(info: dict[str, Any]) -> str:
         f"sampler     {_short(info['sampler'])}",
         f"size        {_bytes(info['bytes_per_view'])} per view, {_bytes(info['data_bytes'])} of data, "
         f"{_bytes(info['file_bytes'])} on disk (compression: {info['compression']})",
+        f"targets     {info['dtype']} feature maps, teacher run in {info['precision']}",
     ]
     if info["unlabelled_views"]:
         lines.append(f"labels      {info['labelled_views']} labelled views, {info['unlabelled_views']} unlabelled "
@@ -120,6 +124,11 @@ def format_cache_info(info: dict[str, Any]) -> str:
             lines.append(f"shard files {count}-way: {', '.join(names)}")
     lines.append(f"written by  kdiqa {info['kdiqa_version']}")
     return "\n".join(lines)
+
+
+def _map_dtype(meta: dict[str, Any]) -> str | None:
+    """The feature dtype of a cache written before ``meta`` recorded it (float16 or float32)."""
+    return next((t["dtype"] for t in meta.get("targets", {}).values()), None)
 
 
 def _label_counts(f: h5py.File) -> dict[str, int]:

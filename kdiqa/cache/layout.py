@@ -4,8 +4,10 @@ One HDF5 file per cache (or per shard), one row per (image, view):
 
 ``index`` (int64), ``view_id`` (int32), ``params`` (float64 × 6, :meth:`ViewParams.to_array`),
 ``mos`` (float32), ``done`` (uint8 progress mask), ``teacher/score`` (float32), ``teacher/dist``
-(float32 × K, when the teacher has one), and ``features/<name>`` (float16 or float32, one chunk per
-row) for every feature map the run asked for.
+(float32 × K, when the teacher has one), and ``features/<name>`` (float16, float32 or uint8, one chunk
+per row) for every feature map the run asked for; with ``dtype`` int8, ``quant/<name>`` (float32,
+views × 2 × channels) beside each holds the scale and zero point its uint8 codes are read back with
+(:mod:`kdiqa.cache.quantize`).
 
 Views of unlabelled (pool) images, ``data.unlabelled``, have ``mos`` NaN: that is how a view says it
 has no label. An unlabelled image that does not decode is skipped, not fatal: its rows hold NaN in
@@ -42,6 +44,7 @@ DONE = "done"
 SCORE = "teacher/score"
 DIST = "teacher/dist"
 FEATURES = "features"
+QUANT = "quant"  # scales and zero points of int8 feature maps
 
 # names a teacher feature may not take: the reader returns features beside score/dist in one dict
 RESERVED_FEATURE_NAMES = ("score", "dist")
@@ -60,6 +63,11 @@ _SHARD_RE = re.compile(r"\.shard-(\d+)-of-(\d+)\.h5$")
 def feature_dataset(name: str) -> str:
     """HDF5 path of a feature; names such as ``unet.up_blocks.2`` are kept, a ``/`` is escaped."""
     return f"{FEATURES}/{quote(name, safe='.-_+:@ ')}"
+
+
+def quant_dataset(name: str) -> str:
+    """HDF5 path of an int8 feature's scales and zero points (``quant/<name>``, escaped as features are)."""
+    return f"{QUANT}/{feature_dataset(name).split('/', 1)[1]}"
 
 
 def feature_name(dataset_name: str) -> str:

@@ -1,9 +1,11 @@
 """The write loop: render the pending batches' views, run the teacher, store its targets batch by batch.
 
 Views are rendered in DataLoader workers (one item per batch, each image decoded once per batch); the
-teacher runs in eval mode under ``no_grad`` and gets its mode back; what it returns goes through
+teacher runs in eval mode under ``no_grad`` (and under autocast when ``cache.precision`` asks,
+:mod:`kdiqa.cache.precision`) and gets its mode back; what it returns goes through
 :func:`kdiqa.cache.targets.teacher_targets`, as online distillation's targets do, then is cast to the
-stored dtype and checked finite before it is written (:mod:`kdiqa.cache.partial`).
+stored dtype and checked finite before it is written (:mod:`kdiqa.cache.partial`); int8 maps are
+quantized after the check (:mod:`kdiqa.cache.quantize`).
 """
 from __future__ import annotations
 
@@ -22,7 +24,9 @@ from kdiqa.cache import layout as L
 from kdiqa.cache import partial as P
 from kdiqa.cache.errors import CacheError
 from kdiqa.cache.plan import CachePlan, draw_view
+from kdiqa.cache.precision import teacher_autocast
 from kdiqa.cache.progress import Meter
+from kdiqa.cache.quantize import quantize
 from kdiqa.cache.spec import CacheSpec
 from kdiqa.cache.targets import teacher_targets
 from kdiqa.data.images import load_image
@@ -65,13 +69,14 @@ class CacheRun:
         if not pending:
             return 0, total
         dev = _device(self.teacher, device)
+        autocast = teacher_autocast(dev, self.spec.precision)  # refuses a precision the device lacks, before any work
         was_training = self.teacher.training
         self.teacher.eval()
         sink: P.Sink | None = P.Sink(self.partial) if self.partial.exists() else None
         written = 0
         meter = Meter(self.say, todo, total - todo)
         try:
-            with torch.no_grad():
+            with torch.no_grad(), autocast:
                 for batch in self.batches(pending, num_workers):
                     out = self.teacher(batch["images"].to(dev, non_blocking=True))
                     arrays = self.arrays(out, batch)
@@ -109,7 +114,8 @@ class CacheRun:
         if not isinstance(score, torch.Tensor) or score.numel() != n:
             got = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
             raise CacheError(f"teacher {self.teacher_name!r}: score must be a (B,) tensor, got {got} for B={n}")
-        feature_dtype = np.dtype(self.spec.dtype)
+        quantized = self.spec.dtype == "int8"  # checked as float32, quantized at the end
+        feature_dtype = np.dtype(np.float32 if quantized else self.spec.dtype)
         arrays: dict[str, np.ndarray] = {}
         for name, tensor in teacher_targets(out, self.spec.features, self.spec.pool, "cache.features").items():
             if name == "score":
@@ -126,9 +132,14 @@ class CacheRun:
                 bad = int(np.nonzero(~finite)[0][0])
                 image = self.samples[self.plan.image_of(int(batch["rows"][bad]))].path
                 extra = " (float16 overflows above 65504: set cache.dtype: float32)" if arr.dtype == np.float16 else ""
+                if self.spec.precision == "fp16":
+                    extra += " (the teacher may overflow in fp16 autocast: set cache.precision: bf16 or fp32)"
                 raise CacheError(f"{image}: teacher output {key!r} is not finite for this image's view{extra}")
             if skipped.any():
                 arr[skipped] = np.nan  # the views of an unreadable pool image hold no target (layout.py)
+        if quantized:
+            for key in [k for k in arrays if k.startswith(L.FEATURES + "/")]:
+                arrays[key], arrays[L.quant_dataset(L.feature_name(key))] = quantize(arrays[key])
         return arrays
 
     def meta(self, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -145,6 +156,8 @@ class CacheRun:
                     )
                 targets[name] = {"dataset": key, "shape": list(arr.shape[1:]), "dtype": str(arr.dtype),
                                  "pool": list(self.spec.pool[name]) if name in self.spec.pool else None}
+                if self.spec.dtype == "int8":  # where its scales and zero points are (kdiqa.cache.quantize)
+                    targets[name]["quant"] = L.quant_dataset(name)
         start, stop = self.plan.rows
         return {
             "num_images": self.plan.num_images,
@@ -159,6 +172,8 @@ class CacheRun:
             "teacher": self.teacher_name,
             "dist_bins": int(arrays[L.DIST].shape[1]) if L.DIST in arrays else None,
             "targets": targets,
+            "dtype": self.spec.dtype,
+            "precision": self.spec.precision,
             "compression": "none",
         }
 

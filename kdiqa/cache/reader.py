@@ -7,7 +7,9 @@ teacher). Only the teacher's outputs come from the file.
 HDF5 handles do not survive ``fork`` or pickling, so none is held between calls: each DataLoader
 worker opens its own on first use (and again if it finds itself in a new process), which works with
 ``num_workers=0``, ``num_workers>0`` and ``persistent_workers``. The small per-view arrays (indices,
-view parameters, scores) are read once into memory; feature maps are read one row per item.
+view parameters, scores) are read once into memory; feature maps are read one row per item, and an int8
+map is dequantized to float32 with its row's scales and zero points (:mod:`kdiqa.cache.quantize`), so
+what the student gets looks the same whatever ``cache.dtype`` the cache was written with.
 """
 from __future__ import annotations
 
@@ -24,6 +26,8 @@ from torch.utils.data import Dataset
 from kdiqa.cache import layout as L
 from kdiqa.cache.errors import CacheError
 from kdiqa.cache.fingerprint import check_fingerprints, dataset_fingerprint
+from kdiqa.cache.handles import open_dataset
+from kdiqa.cache.quantize import dequantize
 from kdiqa.cache.shards import merge_shards
 from kdiqa.cache.status import find_shards, open_readonly, require_complete
 from kdiqa.data.images import load_image
@@ -31,6 +35,12 @@ from kdiqa.data.sample import IQASample
 from kdiqa.data.views import ViewParams, ViewSampler
 
 MISMATCH_HINT = "rebuild it with `kdiqa cache RECIPE --force`"
+# HDF5 chunk cache (bytes, slots) of each feature dataset a reader opens: HDF5's default, 1 MiB, set here on
+# purpose. A row is its own chunk and an epoch reads each row once, so a larger cache only serves later epochs
+# of a dataset that fits in it whole, at its size per dataset per DataLoader worker; benchmarks/cache_scaling.py
+# measured none, 1, 16 and 64 MiB at 1k-100k views, single-file and merged: 1 MiB was as fast as any, none ~5 %
+# slower
+READ_CHUNK_CACHE = (1 << 20, 521)
 
 
 class CachedViews(Dataset):
@@ -92,6 +102,7 @@ class CachedViews(Dataset):
         if unknown:
             raise CacheError(f"{where}: holds no feature {unknown[0]!r} (it holds: {', '.join(targets) or 'none'})")
         self.features: dict[str, str] = {name: targets[name]["dataset"] for name in features}
+        self._quant: dict[str, str] = {name: targets[name]["quant"] for name in features if targets[name].get("quant")}
 
         with open_readonly(self.path) as f:
             self._index = f[L.INDEX][...]
@@ -145,8 +156,11 @@ class CachedViews(Dataset):
         if self._dist is not None:
             teacher["dist"] = torch.from_numpy(self._dist[row].astype(np.float32))
         datasets = self._open()
-        for name in self.features:
-            teacher[name] = torch.from_numpy(datasets[name][row].astype(np.float32))
+        for name, key in self.features.items():
+            values = datasets[key][row]
+            if name in self._quant:
+                values = dequantize(values, datasets[self._quant[name]][row])
+            teacher[name] = torch.from_numpy(values.astype(np.float32, copy=False))
         return {
             "image": image,
             "mos": torch.tensor(float(self._mos[row]), dtype=torch.float32),
@@ -161,7 +175,8 @@ class CachedViews(Dataset):
         if self._handle is None or self._pid != os.getpid():
             # a handle inherited through fork belongs to the parent: drop it unused, open our own
             self._handle = open_readonly(self.path)
-            self._datasets = {name: self._handle[key] for name, key in self.features.items()}
+            self._datasets = {key: open_dataset(self._handle, key, READ_CHUNK_CACHE)
+                              for key in [*self.features.values(), *self._quant.values()]}
             self._pid = os.getpid()
         return self._datasets
 

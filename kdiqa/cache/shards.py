@@ -4,10 +4,15 @@ Shard ``i`` of ``n`` holds a contiguous run of rows (whole batches, see :mod:`kd
 merged file at the cache path maps each of its datasets onto the shards' datasets, row range by row
 range, with source file names relative to its own folder (HDF5 resolves them there), so the folder can
 be moved as a whole. The shard files must stay beside it: readers check that they do.
+
+Processes that write the shards of one cache at the same time (``kdiqa cache`` under torchrun or
+SLURM) meet here too: :func:`wait_for_shards` returns when every shard is finished, after which rank 0
+merges and the other ranks :func:`wait_for_merged`.
 """
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,6 +31,10 @@ from kdiqa.io import atomic_path
 
 # meta entries that legitimately differ between shards
 _PER_SHARD = ("rows", "shard", "compression")
+
+WAIT_SECONDS = 1800.0  # default: how long a missing shard may show no progress before waiting gives up
+_POLL_SECONDS = (0.2, 5.0)  # first and longest pause between two looks at the files
+_REPORT_SECONDS = 60.0  # how often a waiting process says what it waits for
 
 
 def merge_shards(
@@ -121,3 +130,121 @@ def _check_consistent(path: Path, files: dict[int, Path], headers: list[dict[str
     if position != first["meta"]["total_rows"]:
         raise CacheError(f"{path}: shards hold {position} rows, the cache needs {first['meta']['total_rows']}")
 
+
+def wait_for_shards(
+    path: str | os.PathLike,
+    count: int,
+    fingerprints: Mapping[str, str],
+    *,
+    timeout: float = WAIT_SECONDS,
+    progress: bool = True,
+) -> None:
+    """Return once every shard ``<path>.shard-i-of-<count>.h5`` is finished with ``fingerprints``.
+
+    Why the files and not a process group's barrier: the shards already are the ground truth (rank 0
+    merges them through the file system, which every rank must therefore share), so no rendezvous
+    (``MASTER_ADDR``/``MASTER_PORT``, which ``srun`` does not set, or an open port) is needed, and the
+    wait can judge what matters: whether each missing shard is still being written. A rank that died,
+    even by SIGKILL or out of memory, stops writing its shard; one that is merely slower keeps
+    writing, however long it takes (a barrier would need a timeout longer than the slowest rank's
+    whole shard, and NCCL's watchdog stops a barrier after 10 minutes by default).
+
+    A missing shard makes progress when any of its files (the finished shard, its ``.partial``, or a
+    temporary being written) changes size or modification time, as seen from here (so clocks of other
+    nodes do not matter). One that shows none for ``timeout`` seconds is a one-line CacheError; a
+    shard finished with other fingerprints (a stale file its rank has yet to rebuild) counts as missing.
+    """
+    path = Path(path)
+    say = printer(progress)
+    names = [L.shard_path(path, i, count) for i in range(count)]
+    seen: dict[int, tuple[Any, float]] = {}
+    missing = list(range(count))
+    pause, reported = _POLL_SECONDS[0], 0.0
+    while True:
+        missing = [i for i in missing if not _finished(names[i], fingerprints)]  # a finished shard stays finished
+        if not missing:
+            return
+        now = time.monotonic()
+        for i in missing:
+            signature = _signature(names[i])
+            if i not in seen or seen[i][0] != signature:
+                seen[i] = (signature, now)
+            elif now - seen[i][1] > timeout:
+                raise CacheError(_stalled(path, i, count, signature, timeout))
+        if now - reported >= _REPORT_SECONDS:
+            shown = ", ".join(str(i) for i in missing[:8]) + (", ..." if len(missing) > 8 else "")
+            say(f"cache: waiting for {len(missing)} of {count} shards to finish (shard {shown})")
+            reported = now
+        time.sleep(pause)
+        pause = min(2 * pause, _POLL_SECONDS[1], timeout / 4)
+
+
+def wait_for_merged(
+    path: str | os.PathLike,
+    count: int,
+    fingerprints: Mapping[str, str],
+    *,
+    timeout: float = WAIT_SECONDS,
+) -> None:
+    """Return once ``path`` is the finished cache joining the ``count`` shards (rank 0 merges them as
+    soon as it sees them all finished, which this process has already seen); a CacheError after
+    ``timeout`` seconds without it."""
+    path = Path(path)
+    names = sorted(L.shard_path(path, i, count).name for i in range(count))
+    start, pause = time.monotonic(), _POLL_SECONDS[0]
+    while True:
+        if path.exists():
+            try:
+                header = require_complete(path)
+                if sorted(header["meta"].get("merged_from") or []) == names and header["fingerprints"] == dict(fingerprints):
+                    return
+            except CacheError:
+                pass  # replaced while we looked, or a stale file rank 0 is about to replace
+        if time.monotonic() - start > timeout:
+            raise CacheError(
+                f"{path}: all {count} shards are finished but rank 0 did not merge them within {timeout:g} s; "
+                f"join them with `kdiqa cache merge {path}`"
+            )
+        time.sleep(pause)
+        pause = min(2 * pause, _POLL_SECONDS[1], timeout / 4)
+
+
+def _finished(shard: Path, fingerprints: Mapping[str, str]) -> bool:
+    if not shard.exists():
+        return False
+    try:
+        header = read_header(shard)
+    except CacheError:
+        return False  # being replaced (--force) as we looked: look again
+    return header["complete"] and header["fingerprints"] == dict(fingerprints)
+
+
+def _signature(shard: Path) -> tuple[tuple[str, int, int], ...]:
+    """(name, size, mtime) of every file a shard's writer changes while it works."""
+    partial = L.partial_path(shard)
+    files = [shard, partial]
+    for name in (shard.name, partial.name):  # temporaries of kdiqa.io.atomic_path: creation, compression
+        try:
+            files += sorted(shard.parent.glob(f".{name}.*.tmp"))
+        except OSError:
+            pass
+    found = []
+    for file in files:
+        try:
+            st = file.stat()
+        except OSError:
+            continue
+        found.append((file.name, st.st_size, st.st_mtime_ns))
+    return tuple(found)
+
+
+def _stalled(path: Path, index: int, count: int, signature: tuple[tuple[str, int, int], ...], timeout: float) -> str:
+    if not signature:
+        state = ("no file of it has appeared: did its process start, and do all processes see this folder "
+                 "(a cache folder on a node-local disk is not shared)?")
+    elif signature[0][0] == L.shard_path(path, index, count).name:
+        state = "its file holds another recipe's cache (fingerprints differ): did its process fail?"
+    else:
+        state = f"{', '.join(name for name, _, _ in signature)} stopped changing: did its process fail?"
+    return (f"{path}: shard {index}/{count} made no progress for {timeout:g} s ({state}); "
+            "rerun the same command to resume (finished shards are kept)")

@@ -1,8 +1,8 @@
 """What a cache holds and how it is written, as one value: the writer takes it, every reader rebuilds it.
 
-Its sampler, views per image, first view, seed, features, pooling and dtype decide the cache's contents
-and are what its views and targets fingerprints cover; compression, batch size and the feature size
-limit decide only how it is written. A recipe's spec is made in one place
+Its sampler, views per image, first view, seed, features, pooling, dtype and teacher precision decide
+the cache's contents and are what its views and targets fingerprints cover; compression, batch size and
+the feature size limit decide only how it is written. A recipe's spec is made in one place
 (:func:`kdiqa.distill.cache_check.cache_spec`), so the stage that writes a cache and the stages that
 read it agree on it. Its values are trusted: a recipe's were checked when it was loaded
 (:mod:`kdiqa.config.schema`).
@@ -40,8 +40,9 @@ class CacheSpec:
     seed: int = 0
     features: Sequence[str] | None = None
     pool: Mapping[str, Any] = field(default_factory=dict)
-    dtype: str = "float16"  # of the stored feature maps (scores and distributions stay float32)
+    dtype: str = "float16"  # of the stored feature maps: float16, float32, int8 (scores and distributions stay float32)
     compression: str = "none"
+    precision: str = "fp32"  # the teacher's forward: fp32, or bf16/fp16 autocast (kdiqa.cache.precision)
     batch_size: int = 32
     max_feature_bytes: int = 1 << 20
 
@@ -62,7 +63,7 @@ class CacheSpec:
         return view_fingerprint(self.sampler, self.views_per_image, self.first_view_eval, self.seed if seed is None else seed)
 
     def targets_fingerprint(self) -> str:
-        return targets_fingerprint(["*"] if self.features is None else self.features, self.pool, self.dtype)
+        return targets_fingerprint(["*"] if self.features is None else self.features, self.pool, self.dtype, self.precision)
 
     def fingerprints(self, teacher: nn.Module, samples: Sequence[IQASample]) -> dict[str, str]:
         """The four digests a cache written with this spec, ``teacher`` and ``samples`` records."""

@@ -1,39 +1,29 @@
-"""What each ``kdiqa`` command does once its arguments are parsed, and how its failures are reported.
+"""What each ``kdiqa`` command does once its arguments are parsed (all but ``predict``).
 
-Expected user errors (KdiqaError) print one line, ``kdiqa: error: ...``, and exit 2; so does an
-OSError that says the machine cannot take a file (a full disk, a read-only folder, a missing path),
-wherever it comes from. ``--debug`` shows the traceback instead. Third-party chatter is silenced
-unless ``--verbose`` (:mod:`kdiqa.console`).
+Failures are reported by :func:`kdiqa.cli.outcome.run_reported` (one line, exit 2). ``kdiqa predict``
+lives in :mod:`kdiqa.cli.predict`: this module imports the stages, hence Lightning, which scoring
+does not need.
 """
 from __future__ import annotations
 
 import argparse
-import errno
 import json
-import sys
 from collections.abc import Callable
 from typing import Any
 
 from kdiqa.bench import run_bench, write_bench
 from kdiqa.cache import cache_info, format_cache_info, merge_shards
+from kdiqa.cli.outcome import run_reported
 from kdiqa.config import Recipe, load_recipe
-from kdiqa.console import setup_console
 from kdiqa.convert import convert
 from kdiqa.data.datamodule import IQADataModule
 from kdiqa.data.mini import make_mini
 from kdiqa.errors import KdiqaError
 from kdiqa.export import export_student
-from kdiqa.io import os_reason
-from kdiqa.predict import predict_paths
 from kdiqa.registry import DATASETS, LOSSES, STUDENTS, TEACHERS
 from kdiqa.run import prepare_run
 from kdiqa.stages import STAGES, check_stages
 from kdiqa.teachers.base import Teacher
-
-EXIT_USER_ERROR = 2
-# OSErrors that describe the machine, not a bug: reported in one line like user errors
-ENVIRONMENT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOENT,
-                      errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ENAMETOOLONG, errno.EFBIG, errno.EIO}
 
 
 def _recipe(args: argparse.Namespace, needs: tuple[str, ...] | None = None) -> Recipe:
@@ -102,29 +92,42 @@ def cmd_cache(args: argparse.Namespace) -> int:
             raise KdiqaError(f"--shard {args.shard!r}: expected i/n with 0 <= i < n, e.g. --shard 0/2") from None
         shard = (i, n)
     recipe = _recipe(args)
-    summary = STAGES["cache"](recipe, prepare_run(recipe), shard=shard, force=args.force)
+    if not args.timeout > 0:
+        raise KdiqaError(f"--timeout {args.timeout:g}: must be a positive number of seconds")
+    summary = STAGES["cache"](recipe, prepare_run(recipe), shard=shard, force=args.force, wait=args.timeout)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
 
-def cmd_predict(args: argparse.Namespace) -> int:
-    rows = predict_paths(args.model, args.paths, out=args.output, batch_size=args.batch_size, size=args.size)
-    scored = sum(1 for r in rows if r["score"] is not None)
-    if not scored:
-        first = next((f"; the first: {r['error']}" for r in rows if r["error"]), "")
-        raise KdiqaError(f"predict: none of the {len(rows)} images could be scored{first}" if rows
-                         else f"predict: no images found in {' '.join(args.paths)}")
-    return 0
+def _export_precision(args: argparse.Namespace) -> str:
+    """``--quantize int8`` (calibrated integer arithmetic) or ``--precision fp32|fp16`` (a float type): one of them."""
+    if args.quantize is not None and args.precision is not None:
+        raise KdiqaError(f"export: give --quantize or --precision, not both (got --quantize {args.quantize} --precision {args.precision})")
+    if args.quantize is not None:
+        if args.quantize != "int8":
+            raise KdiqaError(f"export --quantize: unknown value {args.quantize!r} (choose from int8)")
+        return "int8"
+    if args.precision is not None and args.precision not in ("fp32", "fp16"):
+        hint = "; int8 is --quantize int8" if args.precision == "int8" else ""
+        raise KdiqaError(f"export --precision: unknown value {args.precision!r} (choose from fp32, fp16{hint})")
+    return args.precision or "fp32"
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     meta = export_student(
         args.checkpoint, args.format, out=args.out, dynamic_batch=args.dynamic_batch, batch_size=args.batch_size,
-        opset=args.opset, exporter=args.exporter, tolerance=args.tolerance,
+        opset=args.opset, exporter=args.exporter, tolerance=args.tolerance, precision=_export_precision(args),
+        recipe=args.recipe, calibration=args.calibration, check_split=args.check_split,
+        max_srcc_drop=args.max_srcc_drop, force=args.force,
     )
     parity = meta["parity"]
     checked = f"max |diff| {parity['max_abs_diff']:.2e} <= {parity['tolerance']:g}" if parity["checked"] else "parity NOT checked"
-    print(f"exported {meta['format']}: {meta['path']} (input {meta['input']['size']}, {checked})")
+    if "accuracy" in meta:
+        acc = meta["accuracy"]
+        verdict = "passed" if acc["passed"] else "FAILED, kept because of --force"
+        checked = (f"float graph {checked}; {acc['split']} SRCC {acc['float']['srcc']:.4f} float -> {acc['exported']['srcc']:.4f} "
+                   f"{meta['precision']} over {acc['images']} images, |change| {abs(acc['delta_srcc']):.4f} <= {acc['max_srcc_drop']:g}: {verdict}")
+    print(f"exported {meta['format']} {meta['precision']}: {meta['path']} (input {meta['input']['size']}, {checked})")
     print(f"input convention: {meta['path']}.json")
     return 0
 
@@ -207,7 +210,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": cmd_run,
     "stage": cmd_stage,
     "cache": cmd_cache,
-    "predict": cmd_predict,
     "export": cmd_export,
     "convert": cmd_convert,
     "bench": cmd_bench,
@@ -219,20 +221,4 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
 
 def run_command(args: argparse.Namespace) -> int:
     """Run the parsed command (``args.command``, a key of COMMANDS); user errors become one line and exit 2."""
-    setup_console(verbose=args.verbose)
-    try:
-        return int(COMMANDS[args.command](args) or 0)
-    except KdiqaError as exc:
-        if args.debug:
-            raise
-        print(f"kdiqa: error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except OSError as exc:
-        if args.debug or exc.errno not in ENVIRONMENT_ERRNOS:
-            raise
-        where = f"{exc.filename}: " if exc.filename else ""
-        print(f"kdiqa: error: {where}{os_reason(exc)}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("kdiqa: interrupted", file=sys.stderr)
-        return 130
+    return run_reported(COMMANDS[args.command], args)

@@ -1,7 +1,7 @@
 """The ``kdiqa`` command line: one subcommand per stage, plus ``run`` to chain a recipe's stages.
 
-This module only parses; what a command does, and how its errors are reported (one line, exit 2),
-is :mod:`kdiqa.cli.commands`.
+This module only parses; what a command does is :mod:`kdiqa.cli.commands` (and :mod:`kdiqa.cli.predict`),
+how its errors are reported (one line, exit 2) :mod:`kdiqa.cli.outcome`.
 """
 from __future__ import annotations
 
@@ -45,7 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", nargs="+", metavar="RECIPE|info|merge", help="a recipe (then key=value overrides), or info/merge and a cache path")
     p.add_argument("-o", "--out", help="run folder (default: the recipe's `out`)")
     p.add_argument("--seed", type=int, help="seed (default: the recipe's `seed`)")
-    p.add_argument("--shard", help="write only shard i of n (i/n), e.g. one per process or GPU; join with `cache merge`")
+    p.add_argument("--shard", help="write only shard i of n (i/n) by hand; join with `cache merge` (under torchrun or "
+                   "SLURM each process takes its shard from RANK/WORLD_SIZE and rank 0 merges: no --shard)")
+    p.add_argument("--timeout", type=float, default=1800.0, metavar="SECONDS",
+                   help="under torchrun/SLURM: give up when a shard another process writes shows no progress for this long (default: 1800)")
     p.add_argument("--force", action="store_true", help="rebuild a cache whose fingerprints do not match (merge: replace the merged file)")
     _flags(p)
     p.set_defaults(command="cache", overrides=[])
@@ -65,8 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="score images (files, folders or a CSV with a `path` column) with a saved model")
     p.add_argument("paths", nargs="+", help="image files, folders, or CSV files")
     p.add_argument("--model", required=True, help="a saved student or teacher folder, or an exported .onnx / TorchScript .pt file")
-    p.add_argument("--output", help="write results to this .csv or .json (default: print CSV)")
+    p.add_argument("--output", help="write results to this .csv or .json as they come, complete when it has this name "
+                   "(meanwhile OUTPUT.partial; default: print CSV)")
+    p.add_argument("--resume", action="store_true", help="continue the OUTPUT.partial an interrupted run left, scoring only images without a row")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--workers", type=int, help="decoding processes (default: one per core, at most 8; 0: decode in the main process)")
+    p.add_argument("--no-draft", dest="draft", action="store_false",
+                   help="decode JPEGs at full size (default: the JPEG decoder downscales 2-8x, keeping at least twice the model's input)")
     p.add_argument("--size", type=int, help="input side in pixels (default: the model's image_size)")
     _flags(p)
     p.set_defaults(command="predict")
@@ -79,7 +87,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, help="ONNX opset (default: 17 legacy, 18 dynamo)")
     p.add_argument("--exporter", choices=["legacy", "dynamo"], default="legacy", help="torch ONNX exporter (default: legacy)")
     p.add_argument("--tolerance", type=float, default=1e-4, help="max |exported - PyTorch| allowed (default: 1e-4)")
-    p.add_argument("--out", help="output file (default: CHECKPOINT/model.onnx or CHECKPOINT/model.torchscript.pt)")
+    p.add_argument("--out", help="output file (default: CHECKPOINT/model.onnx, model.int8.onnx, model.fp16.onnx or model.torchscript.pt)")
+    p.add_argument("--quantize", metavar="int8", help="ONNX Runtime static int8 quantization, calibrated on the recipe's training views")
+    p.add_argument("--precision", metavar="fp32|fp16", help="float precision of the ONNX file (default fp32; inputs and outputs stay float32)")
+    p.add_argument("--recipe", help="int8/fp16: the recipe naming calibration and held-out data (default: the run folder's recipe.yaml)")
+    p.add_argument("--calibration", type=int, default=256, help="int8: training views to calibrate on (default: 256)")
+    p.add_argument("--check-split", default="test", help="int8/fp16: held-out split of the accuracy check, test or val (default: test)")
+    p.add_argument("--max-srcc-drop", type=float, default=0.01, help="int8/fp16: largest |SRCC change| vs the float student accepted (default: 0.01)")
+    p.add_argument("--force", action="store_true", help="int8/fp16: write the file even if its accuracy check fails (flagged in the sidecar)")
     _flags(p)
     p.set_defaults(command="export")
 
@@ -149,6 +164,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(stray)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    if args.command == "predict":
+        # scoring imports torch and the model only, not the stages' Lightning: the first score comes seconds sooner
+        from kdiqa.cli.predict import run_predict
+
+        return run_predict(args)
     from kdiqa.cli.commands import run_command  # torch + Lightning take seconds: --help and usage errors skip them
 
     return run_command(args)

@@ -164,7 +164,8 @@ class TrainerConfig:
     max_steps: int = -1
     max_time: str | None = None  # "DD:HH:MM:SS", a wall-clock budget
     accelerator: str = "auto"
-    devices: Any = "auto"
+    devices: Any = "auto"  # per node; under SLURM, srun's --ntasks-per-node must equal it
+    num_nodes: int = 1  # machines of a multi-node run (DDP over devices × num_nodes processes)
     strategy: str = "auto"
     precision: str = "32-true"  # "16-mixed" / "bf16-mixed" on a GPU
     check_val_every_n_epoch: int = 1
@@ -182,6 +183,7 @@ class TrainerConfig:
         check_choice(f"{at}.logger", self.logger, ("csv", "tensorboard", "none"))
         check_choice(f"{at}.precision", str(self.precision), PRECISIONS)  # else a Lightning traceback deep in the run
         _positive(f"{at}.log_every_n_steps", self.log_every_n_steps)
+        _positive(f"{at}.num_nodes", self.num_nodes)
 
 
 @dataclass
@@ -214,6 +216,12 @@ class TeacherConfig:
     fit: FitConfig = field(default_factory=FitConfig)
 
 
+# cache.dtype: how feature maps are stored (int8: one byte per value plus a scale and zero point per view and
+# channel, kdiqa/cache/quantize.py); cache.precision: the teacher's forward pass when caching (autocast)
+CACHE_DTYPES = ("float16", "float32", "int8")
+CACHE_PRECISIONS = ("fp32", "bf16", "fp16")
+
+
 @dataclass
 class CacheConfig:
     """Teacher outputs precomputed per (image, view) into HDF5; see kdiqa/cache."""
@@ -223,8 +231,9 @@ class CacheConfig:
     first_view_eval: bool = True  # view 0 is the plain evaluation view
     features: list[str] = field(default_factory=lambda: ["quality_map"])
     pool: dict[str, int] = field(default_factory=dict)  # adaptive average pooling per feature: size (or [height, width])
-    dtype: str = "float16"
+    dtype: str = "float16"  # of the stored feature maps: float16, float32 or int8 (scores stay float32)
     compression: str = "none"
+    precision: str = "fp32"  # the teacher's forward when caching: fp32, or bf16/fp16 autocast (other targets)
     batch_size: int = 64
     epoch_views: str = "random"  # per epoch: one random cached view per image, or "all" of them
 
@@ -234,7 +243,8 @@ class CacheConfig:
             pair = list(size) if isinstance(size, (list, tuple)) else [size, size]
             if len(pair) != 2 or not all(type(v) is int and v > 0 for v in pair):
                 raise ConfigError(f"{at}.pool.{name}: need a positive int or [height, width], got {size!r}")
-        check_choice(f"{at}.dtype", self.dtype, ("float16", "float32"))
+        check_choice(f"{at}.dtype", self.dtype, CACHE_DTYPES)
+        check_choice(f"{at}.precision", self.precision, CACHE_PRECISIONS)
         check_choice(f"{at}.compression", self.compression, ("none", "lzf", "gzip"))
         check_choice(f"{at}.epoch_views", self.epoch_views, ("random", "all"))
         _positive(f"{at}.batch_size", self.batch_size)

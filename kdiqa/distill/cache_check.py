@@ -7,7 +7,7 @@ of another size, without a word. Both compute the recipe's fingerprints from the
 :class:`~kdiqa.cache.CacheSpec` (:func:`cache_spec`), with the same functions, and compare them with the same
 :func:`kdiqa.cache.fingerprint.check_fingerprints`: teacher (config + weights), dataset (files,
 labels, unlabelled pool), views (sampler, views per image, first view) and targets (features,
-pooling, precision of the stored maps).
+pooling, storage dtype of the maps, precision the teacher ran in).
 
 One difference is deliberate: a reader accepts the cache's own view seed. Which crops were cached is
 a property of the cache; a student trained with another ``seed`` (``kd_gain.py`` runs several) replays
@@ -36,7 +36,8 @@ def cache_spec(recipe: Recipe) -> CacheSpec:
     c = recipe.cache
     return CacheSpec(make_sampler(recipe.views, train=c.views_per_image > 1 or not c.first_view_eval),
                      views_per_image=c.views_per_image, first_view_eval=c.first_view_eval, seed=recipe.seed,
-                     features=c.features, pool=c.pool, dtype=c.dtype, compression=c.compression, batch_size=c.batch_size)
+                     features=c.features, pool=c.pool, dtype=c.dtype, compression=c.compression, precision=c.precision,
+                     batch_size=c.batch_size)
 
 
 def teacher_print(folder: Path) -> str | None:

@@ -76,10 +76,14 @@ def toy_recipe(tmp_path, blur_dataset) -> Path:
     return recipe
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny grouped convolutions stall with 2 OpenMP threads on shared cores (15 s instead of 1 s)."""
+def _one_torch_thread():
+    """Tiny models on shared cores: a second OpenMP thread only waits for the first (tiny grouped
+    convolutions stall with 2 threads: 15 s instead of 1 s)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+one_thread = pytest.fixture(_one_torch_thread, name="one_thread")  # for one test
+one_thread_module = pytest.fixture(_one_torch_thread, scope="module", name="one_thread_module")  # for a whole module

@@ -21,15 +21,7 @@ from kdiqa.teachers.dpiqa import (
 )
 from kdiqa.teachers.dpiqa.loading import LDM_CROSS_ATTN_KEY
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """On a shared, busy 2-core machine two OpenMP threads stall each other at every barrier
-    (measured: backward 0.2 s with one thread, 1-12 s with two); restore the setting afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture

@@ -26,13 +26,7 @@ from kdiqa.teachers.base import Teacher
 from kdiqa.teachers.dpiqa import DPIQATeacher
 from kdiqa.teachers.dpiqa.presets import get_preset, packaged_config
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 # ------------------------------------------------------------------ the official teacher, from the facts

@@ -61,7 +61,7 @@ def find_recipe(name: str | Path, relative_to: Path | None = None) -> Path:
     for path in candidates:
         if path.is_file():
             return path.resolve()
-    raise ConfigError(f"recipe {str(name)!r} not found (looked in {', '.join(str(c.parent) for c in candidates)})")
+    raise ConfigError(f"recipe {str(name)!r} not found (looked in {', '.join(dict.fromkeys(str(c.parent) for c in candidates))})")
 
 
 def _read_yaml(path: Path) -> DictConfig:

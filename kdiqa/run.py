@@ -12,7 +12,9 @@ The teacher folder is ``teacher.checkpoint`` instead when the recipe gives one, 
 """
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +90,18 @@ def seed_stage(recipe: Recipe) -> None:
     as the KD student it is compared with.
     """
     pl.seed_everything(recipe.seed, workers=True, verbose=False)
+
+
+@contextlib.contextmanager
+def teacher_threads(recipe: Recipe) -> Iterator[None]:
+    """Run the block on ``teacher.threads`` torch CPU threads (if set), then restore the count."""
+    before = torch.get_num_threads()
+    if recipe.teacher.threads is not None:
+        torch.set_num_threads(recipe.teacher.threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def prepare_run(recipe: Recipe) -> RunDir:

@@ -1,9 +1,11 @@
 import textwrap
 
 import pytest
+import torch
 
 from kdiqa.config import load_recipe, recipe_to_yaml, save_recipe
 from kdiqa.errors import ConfigError
+from kdiqa.run import teacher_threads
 
 
 def write(path, text):
@@ -216,3 +218,15 @@ def test_precision_is_checked_at_load(recipes, override):
 def test_a_stage_trainer_key_is_checked_at_load(recipes):
     with pytest.raises(ConfigError, match=r"unknown key 'distill.fit.trainer.max_epoch'; did you mean 'distill.fit.trainer.max_epochs'"):
         load_recipe(recipes / "child.yaml", ["distill.fit.trainer={max_epoch: 2}"])
+
+
+def test_teacher_threads_apply_while_the_teacher_scores_and_are_restored():
+    with pytest.raises(ConfigError, match=r"teacher\.threads: must be > 0"):
+        load_recipe("quickstart", ["teacher.threads=0"])
+    recipe = load_recipe("quickstart", ["teacher.threads=2"])
+    before = torch.get_num_threads()
+    with teacher_threads(recipe):
+        assert torch.get_num_threads() == 2
+    assert torch.get_num_threads() == before
+    with teacher_threads(load_recipe("quickstart", ["teacher.threads=null"])):
+        assert torch.get_num_threads() == before  # unset: the recipe's `threads` stay

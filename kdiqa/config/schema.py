@@ -214,6 +214,14 @@ class TeacherConfig:
     options: dict[str, Any] = field(default_factory=dict)  # passed to the teacher's builder
     checkpoint: str | None = None  # a saved kdiqa teacher folder; given → no fitting needed
     fit: FitConfig = field(default_factory=FitConfig)
+    # torch CPU threads while the teacher scores (eval and cache stages; null: the recipe's `threads`). A
+    # teacher's forward pass uses every core, while a small student trains faster on one thread with loader
+    # workers on the others; CPU convolutions give the same results on any number of threads.
+    threads: int | None = None
+
+    def check(self, at: str) -> None:
+        if self.threads is not None:
+            _positive(f"{at}.threads", self.threads)
 
 
 # cache.dtype: how feature maps are stored (int8: one byte per value plus a scale and zero point per view and

@@ -25,7 +25,7 @@ from kdiqa.distributed import Launch, launch_from_env
 from kdiqa.errors import ConfigError
 from kdiqa.measure import default_device
 from kdiqa.models import require_model
-from kdiqa.run import RunDir
+from kdiqa.run import RunDir, teacher_threads
 from kdiqa.stages.data import data_module
 from kdiqa.teachers.base import Teacher
 
@@ -47,10 +47,11 @@ def stage_cache(recipe: Recipe, run: RunDir, shard: tuple[int, int] | None = Non
     dm.setup()
     teacher = Teacher.from_pretrained(require_model(run.teacher, "kdiqa fit-teacher"))
     spec = cache_spec(recipe)  # the same spec every reader checks the cache against
-    if launch.distributed:
-        return _cache_shared(spec, teacher, dm.distill_samples(), run.cache, launch, recipe.data.num_workers, force, wait)
-    return build_cache(spec, teacher, dm.distill_samples(), run.cache, shard=shard, device=default_device(),
-                       num_workers=recipe.data.num_workers, force=force)
+    with teacher_threads(recipe):
+        if launch.distributed:
+            return _cache_shared(spec, teacher, dm.distill_samples(), run.cache, launch, recipe.data.num_workers, force, wait)
+        return build_cache(spec, teacher, dm.distill_samples(), run.cache, shard=shard, device=default_device(),
+                           num_workers=recipe.data.num_workers, force=force)
 
 
 def _cache_shared(spec: CacheSpec, teacher: Teacher, samples: list[IQASample], path: Path, launch: Launch,

@@ -7,7 +7,7 @@ from typing import Any
 from kdiqa.config import Recipe
 from kdiqa.evaluate import evaluate_splits, record_evaluation
 from kdiqa.models import load_model
-from kdiqa.run import RunDir
+from kdiqa.run import RunDir, teacher_threads
 from kdiqa.stages.data import data_module
 
 
@@ -22,7 +22,8 @@ def stage_eval(recipe: Recipe, run: RunDir, checkpoint: str | Path | None = None
     model = load_model(path)
     dm = data_module(recipe)
     if checkpoint is None:
-        return record_evaluation(model, dm, run, "teacher", str(path))
+        with teacher_threads(recipe):
+            return record_evaluation(model, dm, run, "teacher", str(path))
     results = evaluate_splits(model, dm, ("train", "val", "test"))
     summary = {split: r["metrics"] for split, r in results.items()}
     run.update_metrics(f"eval:{path.name}", summary)

@@ -17,7 +17,7 @@ import socket
 import tempfile
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -252,8 +252,13 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 @contextmanager
-def atomic_folder(out: str | os.PathLike, force: bool = False) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``out``; it becomes ``out`` only if the block succeeds."""
+def atomic_folder(out: str | os.PathLike, force: bool = False,
+                  finished_elsewhere: Callable[[Path], bool] | None = None) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``out``; it becomes ``out`` only if the block succeeds.
+
+    ``finished_elsewhere(out)``: for builds that several processes may run at once (the mini dataset):
+    when another process has finished ``out`` meanwhile, its folder is kept and this one dropped.
+    """
     out = Path(out)
     if out.exists() and not force:
         raise CheckpointError(f"{out}: already exists; choose another -o or pass --force to replace it")
@@ -262,6 +267,8 @@ def atomic_folder(out: str | os.PathLike, force: bool = False) -> Iterator[Path]
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; results are meant to be shared
     try:
         yield tmp
+        if finished_elsewhere is not None and finished_elsewhere(out):
+            return
         for path in tmp.rglob("*"):  # safetensors and mkdtemp create owner-only files
             os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~_umask())
         if out.exists():
@@ -273,7 +280,11 @@ def atomic_folder(out: str | os.PathLike, force: bool = False) -> Iterator[Path]
             else:
                 old.unlink()
         else:
-            os.replace(tmp, out)
+            try:
+                os.replace(tmp, out)
+            except OSError:
+                if finished_elsewhere is None or not finished_elsewhere(out):  # not a concurrent build: a real failure
+                    raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

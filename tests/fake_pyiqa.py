@@ -11,7 +11,8 @@ It mimics exactly the surface kdiqa's ``pyiqa`` teacher relies on, so the suite 
   already at ``<model_dir or DEFAULT_CACHE_DIR>/<basename>`` and otherwise calls the module's
   ``download_url_to_file`` (both looked up at call time, as in pyiqa);
 - architectures listing their released checkpoints in a module-level ``default_model_urls`` and
-  loading them with ``torch.load(..., weights_only=False)``, as pyiqa's ``load_pretrained_network`` does;
+  loading them through a ``load_pretrained_network`` like pyiqa's (which reads any pickle; this fake
+  reads only tensors, ``weights_only=True``: the tests' files are plain state dicts);
 - architectures that fetch a backbone through ``torch.hub.load_state_dict_from_url``, open a URL
   with ``urllib`` or connect a socket themselves while they are built.
 """
@@ -58,7 +59,7 @@ def load_file_from_url(url, model_dir=None, progress=True, file_name=None):
 def load_pretrained_network(net, model_path, strict=True, weight_keys="params"):
     if model_path.startswith(("https://", "http://")):
         model_path = load_file_from_url(model_path)
-    state = torch.load(model_path, map_location=torch.device("cpu"), weights_only=False)
+    state = torch.load(model_path, map_location=torch.device("cpu"), weights_only=True)
     net.load_state_dict(state[weight_keys] if weight_keys else state, strict=strict)
 
 

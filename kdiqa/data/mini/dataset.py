@@ -17,11 +17,8 @@ import io
 import json
 import multiprocessing
 import os
-import shutil
-import tempfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +34,7 @@ from kdiqa.data.mini.photographs import held_out_split, load_photographs, photo_
 from kdiqa.data.mini.synthesis import CLEAN_FRACTION, MIN_GRADIENT, MIN_STD, SampleSpec, make_sample
 from kdiqa.data.sample import SPLITS, LoadedDataset
 from kdiqa.errors import DataError
+from kdiqa.io import atomic_folder
 from kdiqa.registry import DATASETS
 
 VERSION = 1
@@ -54,37 +52,6 @@ def read_meta(folder: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return meta if isinstance(meta, dict) else {}
-
-
-@contextmanager
-def building(folder: Path, complete: Callable[[Path], bool]) -> Iterator[Path]:
-    """Yield an empty temporary folder beside ``folder``; once filled, it replaces ``folder``.
-
-    So a folder with the final name is always complete. If another process finished the same build
-    meanwhile (``complete(folder)``), its folder is kept; a folder made with other parameters is
-    swapped out and deleted (a directory can only be replaced when empty). The temporary folder is
-    removed whatever happens.
-    """
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.building-", dir=folder.parent))
-    try:
-        yield tmp
-        if complete(folder):
-            return
-        if folder.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old-", dir=folder.parent))
-            os.replace(folder, old / "x")
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-            return
-        try:
-            os.replace(tmp, folder)
-        except OSError:
-            if not complete(folder):  # not a concurrent build of the same folder: a real failure
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _is_complete(root: Path, params: dict[str, Any]) -> bool:
@@ -190,7 +157,7 @@ def make_mini(
     photos = load_photographs()
     splits = split_photographs(list(photos), seed) if held is None else held_out_split(list(photos), held)
     counts = {"train": n_train, "val": n_val, "test": n_test}
-    with building(root, lambda folder: _is_complete(folder, params)) as tmp:
+    with atomic_folder(root, force=True, finished_elsewhere=lambda folder: _is_complete(folder, params)) as tmp:
         jobs = []
         for split_index, split in enumerate(SPLITS):
             (tmp / "images" / split).mkdir(parents=True)

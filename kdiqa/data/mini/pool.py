@@ -30,10 +30,11 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from kdiqa.data.mini.dataset import KIND, building, read_meta
+from kdiqa.data.mini.dataset import KIND, read_meta
 from kdiqa.data.mini.photographs import load_photographs
 from kdiqa.data.mini.stream import augmented_sample
 from kdiqa.errors import DataError
+from kdiqa.io import atomic_folder
 
 POOL_VERSION = 2  # 2: content-augmented crops
 POOL_KIND = "kdiqa-mini-unlabelled"
@@ -71,7 +72,7 @@ def _build(folder: Path, params: dict, progress: bool) -> None:
     photos = {name: Image.fromarray(img) for name, img in load_photographs(names).items()}
     if sorted(photos) != names:
         raise DataError(f"mini pool: training photographs {', '.join(sorted(set(names) - set(photos)))} no longer load")
-    with building(folder, lambda f: _is_complete(f, params)) as tmp:
+    with atomic_folder(folder, force=True, finished_elsewhere=lambda f: _is_complete(f, params)) as tmp:
         (tmp / "images").mkdir()
         listing = io.StringIO(newline="")
         writer = csv.writer(listing, lineterminator="\n")

@@ -13,6 +13,7 @@ from PIL import Image
 from kdiqa.config import load_recipe
 from kdiqa.config.loader import PACKAGE_ROOT
 from kdiqa.data.mini import load_photographs, make_mini, split_photographs
+from kdiqa.data.mini.dead_leaves import MAX_RADIUS, MIN_RADIUS, dead_leaves_reference, leaf_radii
 from kdiqa.data.mini.stream import LabelledCropStream, augmented_reference, augmented_sample
 from kdiqa.errors import DataError
 from kdiqa.run import RunDir
@@ -54,6 +55,44 @@ def test_augmented_references_vary_the_content_and_clean_samples_score_one():
     samples = [augmented_sample({"p": photo}, ["p"], 32, np.random.default_rng([1, i])) for i in range(60)]
     assert {name for _, _, name in samples} == {"p"}
     assert any(r is d for r, d, _ in samples) and any(r is not d for r, d, _ in samples)  # some clean, most distorted
+
+
+def test_dead_leaf_radii_follow_the_power_law():
+    radii = leaf_radii(20000, 32, np.random.default_rng(0))
+    lo, hi = 2 * MIN_RADIUS, 2 * MAX_RADIUS * 32
+    assert (radii >= lo).all() and (radii <= hi).all() and (np.diff(radii) <= 0).all()  # largest first
+    # density ∝ r⁻³ on [lo, hi]: P(r ≤ x) = (lo⁻² − x⁻²) / (lo⁻² − hi⁻²); its median and 90th percentile
+    for q in (0.5, 0.9):
+        expected = (lo**-2 - q * (lo**-2 - hi**-2)) ** -0.5
+        assert abs(np.quantile(radii, q) / expected - 1) < 0.03
+
+
+def test_dead_leaves_references_are_new_content_from_the_photographs_own_pieces():
+    photo = _photo()
+    refs = [dead_leaves_reference({"p": photo}, ["p"], 32, np.random.default_rng([2, i])) for i in range(4)]
+    assert all(r.shape == (32, 32, 3) and r.dtype == np.uint8 for r in refs)
+    assert np.array_equal(refs[0], dead_leaves_reference({"p": photo}, ["p"], 32, np.random.default_rng([2, 0])))
+    assert not np.array_equal(refs[0], refs[1])
+    # cut from the photographs: a grey photograph gives grey leaves only (exposure varies, hue never appears)
+    grey = Image.fromarray(np.repeat(np.asarray(photo.convert("L"))[..., None], 3, axis=2))
+    leaves = dead_leaves_reference({"g": grey}, ["g"], 32, np.random.default_rng(3))
+    assert (leaves[..., 0] == leaves[..., 1]).all() and (leaves[..., 1] == leaves[..., 2]).all() and leaves.std() > 5
+    ref, dist, name = augmented_sample({"p": photo}, ["p"], 32, np.random.default_rng(4), dead_leaves=True)
+    assert name == "dead_leaves" and ref.shape == dist.shape == (32, 32, 3)
+
+
+def test_the_stream_mixes_in_its_share_of_dead_leaves(one_thread):
+    names = split_photographs(list(load_photographs()), 0)["train"][:2]
+    plain = [x for _, x in zip(range(32), LabelledCropStream(names, size=32, seed=5), strict=False)]
+    leaves = [x for _, x in zip(range(32), LabelledCropStream(names, size=32, seed=5, dead_leaves=1.0), strict=False)]
+    again = [x for _, x in zip(range(32), LabelledCropStream(names, size=32, seed=5, dead_leaves=1.0), strict=False)]
+    assert all(torch.equal(a["image"], b["image"]) and float(a["mos"]) == float(b["mos"]) for a, b in zip(leaves, again, strict=True))
+    assert not any(torch.equal(a["image"], b["image"]) for a, b in zip(plain, leaves, strict=True))
+    labels = np.array([float(x["mos"]) for x in leaves])
+    assert ((labels >= 0) & (labels <= 1)).all() and labels.std() > 0.05
+    for bad in (-0.1, 1.5):
+        with pytest.raises(DataError, match="dead_leaves is a share"):
+            LabelledCropStream(names, size=32, dead_leaves=bad)
 
 
 def test_held_out_photographs_replace_the_seeded_split(tmp_path):
@@ -101,3 +140,14 @@ def test_the_quickstart_loads_the_shipped_teacher_from_any_directory(tmp_path, m
     assert provenance["test"]["srcc"] > 0.3 and provenance["test"]["pred_std_over_label_std"] > 0.3
     teacher = Teacher.from_pretrained(path)
     assert teacher(torch.rand(2, 3, 64, 64)).score.shape == (2,)
+
+
+def test_a_packaged_prior_is_recorded_by_the_path_the_recipe_gives(tmp_path, monkeypatch):
+    from kdiqa.registry import TEACHERS
+
+    monkeypatch.chdir(tmp_path)  # found inside the package, yet recorded machine-independently
+    recipe = load_recipe("dpiqa/tiny")
+    teacher = TEACHERS.build(recipe.teacher.name, **recipe.teacher.options)
+    assert teacher.config["initialised_from"]["sd_checkpoint"] == "teachers/dpiqa/weights/tiny-mini"
+    shipped = json.loads((PACKAGE_ROOT / SHIPPED / "config.json").read_text())
+    assert shipped["config"]["initialised_from"]["sd_checkpoint"] == "teachers/dpiqa/weights/tiny-mini"

@@ -333,16 +333,13 @@ def test_a_pool_caches_and_distils_while_the_baseline_sees_labels_only(pool_run,
             assert all(torch.isfinite(b["mos"]).all() for b in loader)  # validation and test stay labelled
 
 
-def test_a_mix_knob_without_a_pool_is_refused(toy_recipe):
-    recipe = load_recipe(toy_recipe, [*KD_SETTINGS, "distill.unlabelled_fraction=0.5", "distill.source=online"])
-    run = prepare_run(recipe)
-    TEACHERS.build("toy").save_pretrained(run.teacher)
+def test_a_mix_knob_without_a_pool_is_refused_when_the_recipe_loads(toy_recipe):
     with pytest.raises(ConfigError, match="distill.unlabelled_fraction: set, but the recipe has no unlabelled pool"):
-        student_stages.stage_distill(recipe, run)
+        load_recipe(toy_recipe, [*KD_SETTINGS, "distill.unlabelled_fraction=0.5", "distill.source=online"])
 
 
 # ----------------------------------------------------------------------------- mini
-def test_mini_pool_is_extra_training_crops_without_labels(tmp_path, capsys):
+def test_mini_pool_is_extra_training_images_without_labels(tmp_path, capsys):
     from kdiqa.data.mini import make_mini
 
     options = {"size": 32, "n_train": 12, "n_val": 4, "n_test": 4, "seed": 3}
@@ -356,7 +353,9 @@ def test_mini_pool_is_extra_training_crops_without_labels(tmp_path, capsys):
     with open(folder / "list.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["path", "group"]  # no label column
-    assert {r["group"] for r in rows} <= set(meta["photographs"]["train"])  # training photographs only
+    groups = {r["group"] for r in rows}
+    # crops of the training photographs only, and dead-leaves images cut from them (half, as the teacher's stream)
+    assert groups <= {*meta["photographs"]["train"], "dead_leaves"} and "dead_leaves" in groups and len(groups) > 1
     train_bytes = {Path(s.path).read_bytes() for s in dm.splits["train"]}
     for s in pool.samples:
         with Image.open(s.path) as im:

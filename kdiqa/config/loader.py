@@ -219,12 +219,15 @@ def _explain(exc: OmegaConfBaseException, source: str) -> ConfigError:
 
 
 def check_recipe(obj: Any, at: str = "") -> None:
-    """Run every section's ``check(at)`` with the key path it is reached by."""
+    """Run every section's ``check(at)`` with the key path it is reached by, then the recipe's
+    ``check_across()`` (rules that join two sections, once each section is valid on its own)."""
     if dataclasses.is_dataclass(obj):
         if hasattr(obj, "check") and at:
             obj.check(at)
         for f in dataclasses.fields(obj):
             check_recipe(getattr(obj, f.name), f"{at}.{f.name}" if at else f.name)
+        if hasattr(obj, "check_across") and not at:
+            obj.check_across()
     elif isinstance(obj, list):
         for i, item in enumerate(obj):
             check_recipe(item, f"{at}[{i}]")

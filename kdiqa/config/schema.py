@@ -2,7 +2,8 @@
 
 The validation rule: a recipe value is validated once, here, by the ``check(at)`` method of its
 section, which the loader calls with the key path ``at`` that reached it; so a bad value fails when the
-recipe is loaded, before any stage runs, in one line naming its key. Code that receives a config
+recipe is loaded, before any stage runs, in one line naming its key (a rule that joins two sections:
+``Recipe.check_across``, after every section passed its own). Code that receives a config
 dataclass trusts it. OmegaConf checks types and unknown keys; ``check`` checks what types cannot
 express (choices, ranges, keys that must agree). Options a recipe passes as a free dict to a registered
 builder (``teacher.options``, ``student.options``, ``data.options``) are validated by that builder only.
@@ -63,7 +64,7 @@ class UnlabelledConfig:
     folder: str | None = None  # a folder of images, searched recursively (.jpg, .png, .webp, .tif, ...)
     csv: str | None = None  # a CSV file with a `path` column (other columns are ignored)
     root: str | None = None  # base folder of the CSV's relative paths (default: the CSV's folder)
-    mini: int = 0  # data.name mini only: this many extra unlabelled crops of the training photographs
+    mini: int = 0  # data.name mini only: this many extra unlabelled images made from the training photographs
 
     @property
     def enabled(self) -> bool:
@@ -323,3 +324,8 @@ class Recipe:
     cache: CacheConfig = field(default_factory=CacheConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+
+    def check_across(self) -> None:
+        """Rules that join two sections (run after every section's own check)."""
+        if self.distill.unlabelled_fraction is not None and not self.data.unlabelled.enabled:
+            raise ConfigError("distill.unlabelled_fraction: set, but the recipe has no unlabelled pool (data.unlabelled)")

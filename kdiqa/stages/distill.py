@@ -20,7 +20,6 @@ from kdiqa.data.mix import MixedSampler
 from kdiqa.data.unlabelled import is_labelled
 from kdiqa.distill.cache_check import recipe_fingerprints
 from kdiqa.distill.module import DistillModule
-from kdiqa.errors import ConfigError
 from kdiqa.evaluate import record_evaluation
 from kdiqa.fit import MOSFitModule
 from kdiqa.models import require_model
@@ -98,9 +97,7 @@ def stage_distill(recipe: Recipe, run: RunDir) -> dict[str, Any]:
     seed_stage(recipe)
     dm = data_module(recipe, recipe.distill.fit)
     dm.setup()
-    fraction = recipe.distill.unlabelled_fraction
-    if fraction is not None and dm.pool() is None:
-        raise ConfigError("distill.unlabelled_fraction: set, but the recipe has no unlabelled pool (data.unlabelled)")
+    fraction = recipe.distill.unlabelled_fraction  # set only with a pool (the schema's check_across)
     teacher = None
     if recipe.distill.source == "cache":
         train_set = open_cache(recipe, run, dm.distill_samples(), views=recipe.cache.epoch_views,

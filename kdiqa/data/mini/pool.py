@@ -2,12 +2,15 @@
 
 Why: the embedded default must show the reason people distil — the teacher can label far more images
 than humans rated — so it needs a pool beside its labelled set. Like a product's photo library next
-to a rated set, the pool is also *more varied* than the labelled crops: each is a content-augmented
-crop of a *training* photograph (:func:`kdiqa.data.mini.stream.augmented_sample`: wider scale range,
-rotation, channel permutation, grey, exposure), distorted like the training samples. The variety is
-what the teacher was fitted on and what carries its judgement to unseen photographs; measured on the
-quickstart (one run each), a KD student from plain crops scored test SRCC 0.44, from these 0.48
-(teacher 0.49). Its own seed stream ``numpy.random.default_rng([seed, POOL_STREAM, i])`` (the
+to a rated set, the pool is also *more varied* than the labelled crops: made like the shipped
+teacher's training stream (:func:`kdiqa.data.mini.stream.augmented_sample`), each image is a
+content-augmented crop of a *training* photograph (wider scale range, rotation, channel permutation,
+grey, exposure) or, for half of them (:data:`DEAD_LEAVES`), a dead-leaves image cut from those
+photographs, distorted like the training samples. The variety is what the teacher was fitted on and
+what carries its judgement to unseen photographs. Measured on the quickstart (one run each): with the
+first teacher (test SRCC 0.49), a KD student from plain crops scored 0.44, from augmented crops 0.48;
+with the shipped teacher (0.61, fitted with dead leaves), from augmented crops alone 0.12, from this
+pool 0.52. Its own seed stream ``numpy.random.default_rng([seed, POOL_STREAM, i])`` (the
 labelled splits use streams 0, 1, 2; the teacher's stream 1000+) means no pool crop repeats a
 labelled one, and validation and test photographs are never touched. No label is computed: the
 MS-SSIM pseudo-MOS is what the labelled set has and the pool lacks, and skipping it also makes the
@@ -36,7 +39,8 @@ from kdiqa.data.mini.stream import augmented_sample
 from kdiqa.errors import DataError
 from kdiqa.io import atomic_folder
 
-POOL_VERSION = 2  # 2: content-augmented crops
+POOL_VERSION = 3  # 2: content-augmented crops; 3: half of them dead-leaves images, as in the teacher's stream
+DEAD_LEAVES = 0.5  # the share of dead-leaves references, the same as the shipped teacher's stream
 POOL_KIND = "kdiqa-mini-unlabelled"
 POOL_STREAM = 3  # seed stream of pool crops: after the train/val/test streams 0, 1, 2 of make_mini
 # How meta.json says the crops were made. The module was kdiqa.data.mini_stream when pools were first
@@ -80,7 +84,8 @@ def _build(folder: Path, params: dict, progress: bool) -> None:
         for i in tqdm(range(params["n"]), desc="mini unlabelled pool", unit="img", leave=False,
                       disable=None if progress else True):
             rng = np.random.default_rng([params["seed"], POOL_STREAM, i])
-            _, distorted, photo = augmented_sample(photos, names, params["size"], rng)
+            leaves = bool(rng.random() < DEAD_LEAVES)
+            _, distorted, photo = augmented_sample(photos, names, params["size"], rng, dead_leaves=leaves)
             name = f"images/{i:06d}.png"
             Image.fromarray(distorted).save(tmp / name, compress_level=1)
             writer.writerow([name, photo])

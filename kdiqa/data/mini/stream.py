@@ -12,6 +12,10 @@ is distorted, so that no photograph's look can stand in for its quality:
 - grey conversion (p = 0.2);
 - exposure: gamma ``e^U(-0.4, 0.4)`` on the reference, so "darker than usual" is not itself a flaw.
 
+The reference augmentation lives in :mod:`kdiqa.data.mini.augment`. A share ``dead_leaves`` of the
+references are not crops at all but dead-leaves images cut from such augmented patches
+(:mod:`kdiqa.data.mini.dead_leaves`): content no photograph shows.
+
 Then, as in :func:`kdiqa.data.mini.synthesis.make_sample`: flat crops are redrawn, 5 % stay clean, one
 distortion at a uniform level, and the label ``q = 1 − sqrt(1 − MS-SSIM(distorted, its own
 reference))`` — computed against the *augmented* reference, so labels stay full-reference exact.
@@ -28,42 +32,26 @@ import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
+from kdiqa.data.mini.augment import augmented_reference
+from kdiqa.data.mini.dead_leaves import dead_leaves_reference
 from kdiqa.data.mini.label import LABEL_BATCH, pseudo_mos
 from kdiqa.data.mini.photographs import photo_images
 from kdiqa.data.mini.synthesis import MAX_CROP_TRIES, distort, is_flat
 from kdiqa.errors import DataError
 
 STREAM_BASE = 1000
-MIN_SCALE = 0.25
-GREY_PROBABILITY = 0.2
-MAX_LOG_GAMMA = 0.4
-
-
-def augmented_reference(photo: Image.Image, size: int, rng: np.random.Generator) -> np.ndarray:
-    """A square crop at a random position and scale, rotated, recoloured and re-exposed (uint8 HxWx3)."""
-    w, h = photo.size
-    side = min(int(round(size / rng.uniform(MIN_SCALE, 1.0))), h, w)
-    x = int(rng.integers(0, w - side + 1))
-    y = int(rng.integers(0, h - side + 1))
-    img = np.array(photo.resize((size, size), Image.Resampling.BICUBIC, box=(x, y, x + side, y + side)))
-    img = np.rot90(img, int(rng.integers(4)))
-    if rng.random() < 0.5:
-        img = img[..., rng.permutation(3)]
-    if rng.random() < GREY_PROBABILITY:
-        grey = img.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
-        img = np.repeat(grey[..., None], 3, axis=2)
-    gamma = float(np.exp(rng.uniform(-MAX_LOG_GAMMA, MAX_LOG_GAMMA)))
-    img = 255.0 * (np.asarray(img, dtype=np.float64) / 255.0) ** gamma
-    return np.ascontiguousarray(np.clip(np.round(img), 0, 255).astype(np.uint8))
 
 
 def augmented_sample(
-    photos: dict[str, Image.Image], names: Sequence[str], size: int, rng: np.random.Generator
+    photos: dict[str, Image.Image], names: Sequence[str], size: int, rng: np.random.Generator, *, dead_leaves: bool = False
 ) -> tuple[np.ndarray, np.ndarray, str]:
-    """(reference, distorted, photograph) for one stream sample; flat references are redrawn."""
+    """(reference, distorted, photograph — "dead_leaves" for those) for one stream sample; flat references are redrawn."""
     for _ in range(len(names) * MAX_CROP_TRIES):
-        name = names[int(rng.integers(len(names)))]
-        ref = augmented_reference(photos[name], size, rng)
+        if dead_leaves:
+            name, ref = "dead_leaves", dead_leaves_reference(photos, names, size, rng)
+        else:
+            name = names[int(rng.integers(len(names)))]
+            ref = augmented_reference(photos[name], size, rng)
         if not is_flat(ref):
             break
     else:
@@ -74,10 +62,13 @@ def augmented_sample(
 class LabelledCropStream(IterableDataset):
     """Yields ``{"image": (3, size, size) float in [0, 1], "mos": float}`` forever; see the module docstring."""
 
-    def __init__(self, photographs: Sequence[str], size: int = 64, seed: int = 0):
+    def __init__(self, photographs: Sequence[str], size: int = 64, seed: int = 0, dead_leaves: float = 0.0):
         if not photographs:
             raise DataError("mini stream: no training photographs")
+        if not 0.0 <= dead_leaves <= 1.0:
+            raise DataError(f"mini stream: dead_leaves is a share of the samples in [0, 1], got {dead_leaves}")
         self.photographs, self.size, self.seed = list(photographs), int(size), int(seed)
+        self.dead_leaves = float(dead_leaves)
 
     def __iter__(self) -> Iterator[dict[str, object]]:
         info = get_worker_info()
@@ -90,7 +81,9 @@ class LabelledCropStream(IterableDataset):
             for _ in range(LABEL_BATCH):
                 rng = np.random.default_rng([self.seed, STREAM_BASE + worker, index])
                 index += 1
-                ref, dist, _ = augmented_sample(photos, self.photographs, self.size, rng)
+                # no draw when there are no dead leaves: such a stream stays the one the first teacher saw
+                leaves = self.dead_leaves > 0 and rng.random() < self.dead_leaves
+                ref, dist, _ = augmented_sample(photos, self.photographs, self.size, rng, dead_leaves=leaves)
                 refs.append(ref)
                 dists.append(dist)
             labels = pseudo_mos(np.stack(refs), np.stack(dists))

@@ -15,6 +15,7 @@ tiny recipes' prior) load wherever kdiqa runs from, like the recipes under ``rec
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -76,14 +77,16 @@ def load_stable_diffusion(path: str | Path, config_dir: str | Path | None = None
     ``unet/config.json`` and ``vae/config.json``, for checkpoints of another architecture. ``family``
     only chooses what the missing-path message asks the user to download.
     """
-    path = resolve_packaged_path(path)
+    given, path = str(path), resolve_packaged_path(path)
     if not path.exists():
         raise missing_checkpoint_error(path, family)
     with hub_offline():
+        # the record keeps the path as given: a packaged "teachers/dpiqa/weights/..." stays machine-independent
         if path.is_dir():
-            return _load_diffusers_folder(path)
+            return dataclasses.replace(_load_diffusers_folder(path), source=given)
         if path.suffix in SINGLE_FILE_SUFFIXES:
-            return _load_single_file(path, None if config_dir is None else Path(config_dir).expanduser())
+            parts = _load_single_file(path, None if config_dir is None else Path(config_dir).expanduser())
+            return dataclasses.replace(parts, source=given)
     raise CheckpointError(
         f"{path}: not a Stable Diffusion checkpoint (expected a diffusers folder with unet/ and vae/, "
         f"or a {'/'.join(SINGLE_FILE_SUFFIXES)} file); set {SD_CHECKPOINT_KEY}"

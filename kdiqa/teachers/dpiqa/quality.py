@@ -7,7 +7,8 @@ loaded like released weights — and a teacher fitted inside the quickstart's fe
 - architecture and starting weights: the recipe's teacher (``dpiqa/tiny``: the tiny SD family from its
   diffusion prior ``tiny-mini``, image adapter on RGB + local contrast normalisation);
 - data: :class:`kdiqa.data.mini.stream.LabelledCropStream` — fresh, content-augmented, labelled crops
-  of the recipe's *training* photographs, never the same sample twice, so nothing can be memorised;
+  of the recipe's *training* photographs, never the same sample twice, so nothing can be memorised,
+  half of them (``--dead-leaves``) dead-leaves images cut from those photographs: new content;
 - losses and optimiser: the recipe's ``teacher.fit`` (MSE + margin ranking, AdamW), cosine decay over
   ``--steps`` after a short warm-up;
 - model choice: validation SRCC on the dataset's validation split every ``--eval-every`` steps; the
@@ -67,7 +68,8 @@ def split_metrics(teacher: torch.nn.Module, loader: DataLoader) -> dict[str, flo
 
 
 def fit_quality(
-    recipe_name: str, overrides: list[str], *, steps: int, batch_size: int, eval_every: int, seed: int, progress: bool = True
+    recipe_name: str, overrides: list[str], *, steps: int, batch_size: int, eval_every: int, seed: int,
+    dead_leaves: float = 0.0, progress: bool = True,
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
     """Build the recipe's teacher, fit it on the labelled stream, return (best teacher, log)."""
     recipe = load_recipe(recipe_name, overrides)
@@ -82,7 +84,7 @@ def fit_quality(
         return DataLoader(dm.split_dataset(split, train_views=False), batch_size=200, num_workers=0)
 
     val_loader, test_loader = eval_loader("val"), eval_loader("test")
-    stream = DataLoader(LabelledCropStream(photographs, size=size, seed=seed), batch_size=batch_size, num_workers=1)
+    stream = DataLoader(LabelledCropStream(photographs, size=size, seed=seed, dead_leaves=dead_leaves), batch_size=batch_size, num_workers=1)
     batches = iter(stream)
 
     teacher = TEACHERS.build(recipe.teacher.name, **recipe.teacher.options)
@@ -123,7 +125,8 @@ def fit_quality(
         "overrides": overrides,
         "seed": seed,
         "data": {"name": recipe.data.name, "options": dict(recipe.data.options), "photographs": meta["photographs"],
-                 "training": "LabelledCropStream (kdiqa/data/mini/stream.py): fresh content-augmented crops of the training photographs"},
+                 "training": "LabelledCropStream (kdiqa/data/mini/stream.py): fresh content-augmented crops of the training photographs",
+                 "dead_leaves": dead_leaves},
         "steps": steps,
         "batch_size": batch_size,
         "samples_seen": steps * batch_size,
@@ -151,6 +154,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--eval-every", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dead-leaves", type=float, default=0.5,
+                        help="share of the stream's references that are dead-leaves images (kdiqa/data/mini/dead_leaves.py)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. teacher.fit.optim.lr=2e-3")
     args = parser.parse_args(argv)
@@ -158,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     teacher, log = fit_quality(args.recipe, args.overrides, steps=args.steps, batch_size=args.batch_size,
-                               eval_every=args.eval_every, seed=args.seed)
+                               eval_every=args.eval_every, seed=args.seed, dead_leaves=args.dead_leaves)
     seconds = time.perf_counter() - started
     provenance = {
         "what": "tiny DP-IQA teacher fitted to the mini dataset's pseudo-MOS, from its diffusion prior",

@@ -29,5 +29,12 @@ def augmented_reference(photo: Image.Image, size: int, rng: np.random.Generator)
         grey = img.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
         img = np.repeat(grey[..., None], 3, axis=2)
     gamma = float(np.exp(rng.uniform(-MAX_LOG_GAMMA, MAX_LOG_GAMMA)))
-    img = 255.0 * (np.asarray(img, dtype=np.float64) / 255.0) ** gamma
-    return np.ascontiguousarray(np.clip(np.round(img), 0, 255).astype(np.uint8))
+    if img.dtype == np.uint8:  # 256 powers instead of one per pixel: the same numbers, ~10x faster
+        return np.ascontiguousarray(exposed(np.arange(256), gamma)[img])
+    return np.ascontiguousarray(exposed(img, gamma))
+
+
+def exposed(values: np.ndarray, gamma: float) -> np.ndarray:
+    """``255 (v / 255)^gamma`` rounded to uint8, computed in float64."""
+    out = 255.0 * (np.asarray(values, dtype=np.float64) / 255.0) ** gamma
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)

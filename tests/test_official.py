@@ -269,7 +269,7 @@ def test_sd15_width_official_file_scores_exactly_like_the_official_forward(tmp_p
     torch.save(official.state_dict(), path)
     embeddings = save_embeddings(tmp_path / "quality_embeddings.pth", SD_PROMPTS, 768)
     image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(3))  # one image: the decoder is ~100 GMAC
-    score, fmap = official(image, torch.load(embeddings))
+    score, fmap = official(image, torch.load(embeddings, weights_only=True))
     del official  # the file is the reference from here on: one copy of the weights in memory at a time
 
     try:
@@ -296,7 +296,7 @@ def test_tiny_official_file_parity_and_what_is_kept(tiny_files):
     images = torch.rand(3, 3, 64, 64, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         out = teacher(images)
-        score, fmap = tiny_files["model"](images, torch.load(tiny_files["embeddings"]))
+        score, fmap = tiny_files["model"](images, torch.load(tiny_files["embeddings"], weights_only=True))
     torch.testing.assert_close(out.score, score, rtol=0, atol=1e-5)
     torch.testing.assert_close(out.features["quality_map"], fmap, rtol=0, atol=1e-5)
 
@@ -386,7 +386,7 @@ def test_convert_teacher_then_load_predict_and_recipe_checkpoint(tiny_files, tmp
     images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(6))
     with torch.no_grad():
         got = teacher(images)
-        score, fmap = tiny_files["model"](images, torch.load(tiny_files["embeddings"]))
+        score, fmap = tiny_files["model"](images, torch.load(tiny_files["embeddings"], weights_only=True))
     torch.testing.assert_close(got.score, score, rtol=0, atol=1e-5)
     torch.testing.assert_close(got.features["quality_map"], fmap, rtol=0, atol=1e-5)
 

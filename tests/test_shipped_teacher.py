@@ -77,7 +77,7 @@ def test_dead_leaves_references_are_new_content_from_the_photographs_own_pieces(
     grey = Image.fromarray(np.repeat(np.asarray(photo.convert("L"))[..., None], 3, axis=2))
     leaves = dead_leaves_reference({"g": grey}, ["g"], 32, np.random.default_rng(3))
     assert (leaves[..., 0] == leaves[..., 1]).all() and (leaves[..., 1] == leaves[..., 2]).all() and leaves.std() > 5
-    ref, dist, name = augmented_sample({"p": photo}, ["p"], 32, np.random.default_rng(4), dead_leaves=True)
+    ref, dist, name = augmented_sample({"p": photo}, ["p"], 32, np.random.default_rng(4), dead_leaves=1.0)
     assert name == "dead_leaves" and ref.shape == dist.shape == (32, 32, 3)
 
 

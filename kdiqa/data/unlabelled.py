@@ -74,7 +74,7 @@ def load_pool(cfg: DataConfig, labelled: Sequence[IQASample], progress: bool = T
         listed = _csv_images(spec.csv, spec.root, left_out)
     else:
         root = cfg.root if cfg.root is not None else DEFAULT_ROOT
-        source = f"mini: {spec.mini} extra crops of the training photographs, half of them as dead leaves"
+        source = f"mini: {spec.mini} extra crops of the training photographs and dead leaves cut from them"
         listed = make_mini_pool(root, spec.mini, progress=progress)
     taken = {os.path.abspath(s.path) for s in labelled}
     samples = []

@@ -26,6 +26,7 @@ from PIL import Image
 
 from kdiqa.data.mini.augment import augmented_reference
 
+SHARE = 0.5  # the share of dead-leaves references in the shipped teacher's stream and in the mini pool
 N_LEAVES = 80
 N_TEXTURES = 6  # augmented photograph patches per image that the leaves are cut from
 FLAT_PROBABILITY = 0.3  # share of leaves painted in one colour (flat areas: where blur is invisible)

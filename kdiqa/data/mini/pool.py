@@ -5,7 +5,7 @@ than humans rated — so it needs a pool beside its labelled set. Like a product
 to a rated set, the pool is also *more varied* than the labelled crops: made like the shipped
 teacher's training stream (:func:`kdiqa.data.mini.stream.augmented_sample`), each image is a
 content-augmented crop of a *training* photograph (wider scale range, rotation, channel permutation,
-grey, exposure) or, for half of them (:data:`DEAD_LEAVES`), a dead-leaves image cut from those
+grey, exposure) or, for half of them (:data:`kdiqa.data.mini.dead_leaves.SHARE`), a dead-leaves image cut from those
 photographs, distorted like the training samples. The variety is what the teacher was fitted on and
 what carries its judgement to unseen photographs. Measured on the quickstart (one run each): with the
 first teacher (test SRCC 0.49), a KD student from plain crops scored 0.44, from augmented crops 0.48;
@@ -34,13 +34,13 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from kdiqa.data.mini.dataset import KIND, read_meta
+from kdiqa.data.mini.dead_leaves import SHARE as DEAD_LEAVES_SHARE
 from kdiqa.data.mini.photographs import load_photographs
 from kdiqa.data.mini.stream import augmented_sample
 from kdiqa.errors import DataError
 from kdiqa.io import atomic_folder
 
 POOL_VERSION = 3  # 2: content-augmented crops; 3: half of them dead-leaves images, as in the teacher's stream
-DEAD_LEAVES = 0.5  # the share of dead-leaves references, the same as the shipped teacher's stream
 POOL_KIND = "kdiqa-mini-unlabelled"
 POOL_STREAM = 3  # seed stream of pool crops: after the train/val/test streams 0, 1, 2 of make_mini
 # How meta.json says the crops were made. The module was kdiqa.data.mini_stream when pools were first
@@ -84,8 +84,7 @@ def _build(folder: Path, params: dict, progress: bool) -> None:
         for i in tqdm(range(params["n"]), desc="mini unlabelled pool", unit="img", leave=False,
                       disable=None if progress else True):
             rng = np.random.default_rng([params["seed"], POOL_STREAM, i])
-            leaves = bool(rng.random() < DEAD_LEAVES)
-            _, distorted, photo = augmented_sample(photos, names, params["size"], rng, dead_leaves=leaves)
+            _, distorted, photo = augmented_sample(photos, names, params["size"], rng, dead_leaves=DEAD_LEAVES_SHARE)
             name = f"images/{i:06d}.png"
             Image.fromarray(distorted).save(tmp / name, compress_level=1)
             writer.writerow([name, photo])

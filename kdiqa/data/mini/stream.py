@@ -43,11 +43,16 @@ STREAM_BASE = 1000
 
 
 def augmented_sample(
-    photos: dict[str, Image.Image], names: Sequence[str], size: int, rng: np.random.Generator, *, dead_leaves: bool = False
+    photos: dict[str, Image.Image], names: Sequence[str], size: int, rng: np.random.Generator, *, dead_leaves: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray, str]:
-    """(reference, distorted, photograph — "dead_leaves" for those) for one stream sample; flat references are redrawn."""
+    """(reference, distorted, photograph — "dead_leaves" for those) for one sample; flat references are redrawn.
+
+    ``dead_leaves``: the probability that the reference is a dead-leaves image. Nothing is drawn for it
+    when it is 0, so such samples stay the ones the first teacher and pool saw.
+    """
+    leaves = dead_leaves > 0 and rng.random() < dead_leaves
     for _ in range(len(names) * MAX_CROP_TRIES):
-        if dead_leaves:
+        if leaves:
             name, ref = "dead_leaves", dead_leaves_reference(photos, names, size, rng)
         else:
             name = names[int(rng.integers(len(names)))]
@@ -81,9 +86,7 @@ class LabelledCropStream(IterableDataset):
             for _ in range(LABEL_BATCH):
                 rng = np.random.default_rng([self.seed, STREAM_BASE + worker, index])
                 index += 1
-                # no draw when there are no dead leaves: such a stream stays the one the first teacher saw
-                leaves = self.dead_leaves > 0 and rng.random() < self.dead_leaves
-                ref, dist, _ = augmented_sample(photos, self.photographs, self.size, rng, dead_leaves=leaves)
+                ref, dist, _ = augmented_sample(photos, self.photographs, self.size, rng, dead_leaves=self.dead_leaves)
                 refs.append(ref)
                 dists.append(dist)
             labels = pseudo_mos(np.stack(refs), np.stack(dists))

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from kdiqa.config import load_recipe
 from kdiqa.data.datamodule import IQADataModule
 from kdiqa.data.mini import LabelledCropStream
+from kdiqa.data.mini.dead_leaves import SHARE as DEAD_LEAVES_SHARE
 from kdiqa.fit import build_optimizer
 from kdiqa.io import atomic_folder
 from kdiqa.losses import WeightedLoss
@@ -154,7 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--eval-every", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dead-leaves", type=float, default=0.5,
+    parser.add_argument("--dead-leaves", type=float, default=DEAD_LEAVES_SHARE,
                         help="share of the stream's references that are dead-leaves images (kdiqa/data/mini/dead_leaves.py)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. teacher.fit.optim.lr=2e-3")

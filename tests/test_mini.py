@@ -76,6 +76,26 @@ def test_same_seed_same_bytes_other_seed_differs(built, tmp_path):
     assert other.read_bytes() != built.read_bytes()
 
 
+def test_worker_processes_build_the_same_bytes(built, tmp_path, monkeypatch):
+    """Every image has its own seeded generator: two processes write what one does, pool included."""
+    from kdiqa.data.mini import make_mini_pool
+    from kdiqa.data.mini import pool as mini_pool
+
+    monkeypatch.setattr(mini_dataset, "CHUNK", 5)  # several jobs per split, so both workers get some
+    monkeypatch.setattr(mini_pool, "CHUNK", 4)
+    parallel = make_mini(tmp_path / "parallel", **TINY, workers=2)
+    files = sorted(p.relative_to(built.parent) for p in built.parent.rglob("*") if p.is_file())
+    assert files and files == sorted(p.relative_to(parallel.parent) for p in parallel.parent.rglob("*") if p.is_file())
+    assert all((built.parent / f).read_bytes() == (parallel.parent / f).read_bytes() for f in files)
+    one = make_mini_pool(parallel.parent, 10, progress=False, workers=0)
+    (parallel.parent / "unlabelled-10").rename(tmp_path / "pool-in-process")
+    two = make_mini_pool(parallel.parent, 10, progress=False, workers=2)
+    assert [g for _, g in one] == [g for _, g in two] and len(two) == 10
+    folder = parallel.parent / "unlabelled-10"
+    for f in ("list.csv", "meta.json", *(f"images/{i:06d}.png" for i in range(10))):
+        assert (folder / f).read_bytes() == (tmp_path / "pool-in-process" / f).read_bytes()
+
+
 def test_split_by_photograph(built):
     meta = json.loads((built.parent / "meta.json").read_text())
     groups = {split: {r["group"] for r in _rows(built) if r["split"] == split} for split in ("train", "val", "test")}

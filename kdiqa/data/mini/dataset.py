@@ -15,15 +15,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-import multiprocessing
 import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
@@ -32,6 +29,7 @@ from kdiqa.data.formats.csv_generic import load_csv
 from kdiqa.data.mini.label import LABEL_BATCH, LABEL_DEFINITION, pseudo_mos
 from kdiqa.data.mini.photographs import held_out_split, load_photographs, photo_images, split_photographs
 from kdiqa.data.mini.synthesis import CLEAN_FRACTION, MIN_GRADIENT, MIN_STD, SampleSpec, make_sample
+from kdiqa.data.mini.workers import CHUNK, default_workers, run_jobs
 from kdiqa.data.sample import SPLITS, LoadedDataset
 from kdiqa.errors import DataError
 from kdiqa.io import atomic_folder
@@ -40,7 +38,6 @@ from kdiqa.registry import DATASETS
 VERSION = 1
 KIND = "kdiqa-mini"
 DEFAULT_ROOT = "data/mini"
-CHUNK = 256  # samples per job: the unit of work of a worker process and of the progress bar
 
 ChunkResult = tuple[list[float], list[SampleSpec]]  # the labels and specs of one job's samples, in order
 
@@ -90,35 +87,6 @@ def _build_chunk(
     return [float(v) for v in labels], specs
 
 
-def _one_thread() -> None:
-    # One torch thread: the label batches are small, and OpenMP barriers on cores shared with other
-    # processes stall badly (measured 8x slower with 2 threads under load). Parallelism = workers.
-    torch.set_num_threads(1)
-
-
-def _run_chunks(jobs: list[tuple], workers: int, on_done: Callable[[int], Any]) -> list[ChunkResult]:
-    if workers <= 0:
-        threads = torch.get_num_threads()
-        _one_thread()
-        try:
-            results = []
-            for job in jobs:
-                results.append(_build_chunk(*job))
-                on_done(job[4] - job[3])
-            return results
-        finally:
-            torch.set_num_threads(threads)
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_one_thread) as pool:
-        futures = [pool.submit(_build_chunk, *job) for job in jobs]
-        results = []
-        for job, fut in zip(jobs, futures, strict=True):
-            results.append(fut.result())
-            on_done(job[4] - job[3])
-        return results
-
-
 def make_mini(
     root: str | Path,
     *,
@@ -128,12 +96,13 @@ def make_mini(
     n_test: int = 600,
     seed: int = 0,
     held_out: dict[str, Sequence[str]] | None = None,
-    workers: int = 0,
+    workers: int | None = None,
     progress: bool = True,
 ) -> Path:
     """Build (or reuse) the mini dataset in ``root``; returns the path of its ``labels.csv``.
 
-    ``workers`` > 0 builds in that many processes; the result is byte-identical whatever the number.
+    ``workers`` > 0 builds in that many processes, 0 in this one, None one per core for large builds
+    (:func:`kdiqa.data.mini.workers.default_workers`); the result is byte-identical whatever the number.
     ``held_out`` ({"val": [...], "test": [...]}) replaces the seeded split by photograph with an explicit one.
     ``progress`` shows a bar on a terminal (never in a log: tqdm draws it with carriage returns).
     """
@@ -164,9 +133,10 @@ def make_mini(
             for start in range(0, counts[split], CHUNK):
                 stop = min(start + CHUNK, counts[split])
                 jobs.append((str(tmp), split, split_index, start, stop, size, seed, splits[split]))
-        with tqdm(total=sum(counts.values()), desc="mini dataset", unit="img", leave=False,
-                  disable=None if progress else True) as bar:
-            results = _run_chunks(jobs, workers, bar.update)
+        total = sum(counts.values())
+        with tqdm(total=total, desc="mini dataset", unit="img", leave=False, disable=None if progress else True) as bar:
+            results = run_jobs(_build_chunk, jobs, default_workers(total) if workers is None else workers,
+                               lambda job: bar.update(job[4] - job[3]))
         _write_tables(tmp, jobs, results)
         per_type: dict[str, int] = {}
         for _, specs in results:

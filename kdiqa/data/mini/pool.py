@@ -35,8 +35,9 @@ from tqdm.auto import tqdm
 
 from kdiqa.data.mini.dataset import KIND, read_meta
 from kdiqa.data.mini.dead_leaves import SHARE as DEAD_LEAVES_SHARE
-from kdiqa.data.mini.photographs import load_photographs
+from kdiqa.data.mini.photographs import load_photographs, photo_images
 from kdiqa.data.mini.stream import augmented_sample
+from kdiqa.data.mini.workers import CHUNK, default_workers, run_jobs
 from kdiqa.errors import DataError
 from kdiqa.io import atomic_folder
 
@@ -48,9 +49,9 @@ POOL_STREAM = 3  # seed stream of pool crops: after the train/val/test streams 0
 MADE = "kdiqa.data.mini_stream.augmented_sample on the training photographs; no labels computed"
 
 
-def make_mini_pool(root: str | Path, n: int, progress: bool = True) -> list[tuple[str, str]]:
+def make_mini_pool(root: str | Path, n: int, progress: bool = True, workers: int | None = None) -> list[tuple[str, str]]:
     """Build (or reuse) ``n`` unlabelled crops beside the mini dataset in ``root``; returns
-    ``(absolute path, photograph)`` per crop, in order."""
+    ``(absolute path, photograph)`` per crop, in order. ``workers``: as for :func:`kdiqa.data.mini.make_mini`."""
     root = Path(root)
     if n < 1:
         raise DataError(f"data.unlabelled.mini: need at least 1 crop, got {n}")
@@ -61,7 +62,7 @@ def make_mini_pool(root: str | Path, n: int, progress: bool = True) -> list[tupl
               "photographs": sorted(meta["photographs"]["train"])}
     folder = root / f"unlabelled-{n}"
     if not _is_complete(folder, params):
-        _build(folder, params, progress)
+        _build(folder, params, progress, workers)
     with open(folder / "list.csv", newline="") as f:
         return [(str(folder / row["path"]), row["group"]) for row in csv.DictReader(f)]
 
@@ -71,23 +72,39 @@ def _is_complete(folder: Path, params: dict) -> bool:
     return meta.get("kind") == POOL_KIND and meta.get("params") == params
 
 
-def _build(folder: Path, params: dict, progress: bool) -> None:
+def _build(folder: Path, params: dict, progress: bool, workers: int | None) -> None:
     names = params["photographs"]
-    photos = {name: Image.fromarray(img) for name, img in load_photographs(names).items()}
-    if sorted(photos) != names:
-        raise DataError(f"mini pool: training photographs {', '.join(sorted(set(names) - set(photos)))} no longer load")
+    missing = sorted(set(names) - set(load_photographs(names)))
+    if missing:
+        raise DataError(f"mini pool: training photographs {', '.join(missing)} no longer load")
     with atomic_folder(folder, force=True, finished_elsewhere=lambda f: _is_complete(f, params)) as tmp:
         (tmp / "images").mkdir()
+        n = params["n"]
+        jobs = [(str(tmp), start, min(start + CHUNK, n), params) for start in range(0, n, CHUNK)]
+        with tqdm(total=n, desc="mini unlabelled pool", unit="img", leave=False, disable=None if progress else True) as bar:
+            groups = run_jobs(_build_chunk, jobs, default_workers(n) if workers is None else workers,
+                              lambda job: bar.update(job[2] - job[1]))
         listing = io.StringIO(newline="")
         writer = csv.writer(listing, lineterminator="\n")
         writer.writerow(["path", "group"])
-        for i in tqdm(range(params["n"]), desc="mini unlabelled pool", unit="img", leave=False,
-                      disable=None if progress else True):
-            rng = np.random.default_rng([params["seed"], POOL_STREAM, i])
-            _, distorted, photo = augmented_sample(photos, names, params["size"], rng, dead_leaves=DEAD_LEAVES_SHARE)
-            name = f"images/{i:06d}.png"
-            Image.fromarray(distorted).save(tmp / name, compress_level=1)
-            writer.writerow([name, photo])
+        writer.writerows([_image_name(i), photo] for i, photo in enumerate(p for chunk in groups for p in chunk))
         (tmp / "list.csv").write_text(listing.getvalue())
         meta = {"kind": POOL_KIND, "params": params, "stream": POOL_STREAM, "made": MADE}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")  # last: marks the folder complete
+
+
+def _image_name(i: int) -> str:
+    return f"images/{i:06d}.png"
+
+
+def _build_chunk(tmp: str, start: int, stop: int, params: dict) -> list[str]:
+    """Make and write pool images [start, stop); returns each one's photograph ("dead_leaves" for those)."""
+    names = params["photographs"]
+    photos = photo_images(names)
+    groups = []
+    for i in range(start, stop):
+        rng = np.random.default_rng([params["seed"], POOL_STREAM, i])
+        _, distorted, photo = augmented_sample(photos, names, params["size"], rng, dead_leaves=DEAD_LEAVES_SHARE)
+        Image.fromarray(distorted).save(Path(tmp) / _image_name(i), compress_level=1)
+        groups.append(photo)
+    return groups

@@ -73,8 +73,20 @@ def _one_line(message: Warning | str, category: type[Warning], filename: str, li
         pass  # a closed or full stream: warnings are not worth failing for
 
 
+_PLAIN_PROGRESS = False  # set by force_plain_progress
+
+
+def force_plain_progress() -> None:
+    """Plain progress lines from now on in this process, even on a terminal: for stages that run side by
+    side (:mod:`kdiqa.stages.side_by_side`), whose bars would overwrite each other."""
+    global _PLAIN_PROGRESS
+    _PLAIN_PROGRESS = True
+
+
 def use_plain_progress() -> bool:
-    """Plain progress lines when stdout is not a terminal (redirected to a file, a pipe, CI)."""
+    """Plain progress lines when stdout is not a terminal (redirected to a file, a pipe, CI) or when forced."""
+    if _PLAIN_PROGRESS:
+        return True
     try:
         return not sys.stdout.isatty()
     except (AttributeError, ValueError):

@@ -3,7 +3,7 @@
 :class:`RunDir` names every path in it, once; every stage, the trainer, the report and the bench ask
 it where things go, so a file's name is spelled in one place. A run folder is laid out as::
 
-    recipe.yaml  data.json  metrics.json  predictions/<key>.json  report.md  plots/<name>.png
+    recipe.yaml  data.json  metrics.json (.metrics.lock)  predictions/<key>.json  report.md  plots/<name>.png
     teacher/  students/<key>/  cache/teacher.h5  checkpoints/<stage>/  logs/<stage>/  tb/<stage>/
     bench.csv  bench.md  bench_pareto.png  bench/<backbone>/   (kdiqa bench)
 
@@ -20,6 +20,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from filelock import FileLock
 
 from kdiqa.config import Recipe, save_recipe
 from kdiqa.config.loader import resolve_packaged_path
@@ -37,6 +38,7 @@ class RunDir:
         self.recipe = root / "recipe.yaml"
         self.data_summary = root / "data.json"
         self.metrics = root / "metrics.json"
+        self.metrics_lock = root / ".metrics.lock"
         self.report = root / "report.md"
         self.bench_csv = root / "bench.csv"
         self.bench_md = root / "bench.md"
@@ -74,10 +76,15 @@ class RunDir:
         return json.loads(self.metrics.read_text()) if self.metrics.is_file() else {}
 
     def update_metrics(self, key: str, value: Any) -> dict[str, Any]:
-        """Merge one stage's results into ``metrics.json`` (written atomically)."""
-        metrics = self.read_metrics()
-        metrics[key] = value
-        write_json(self.metrics, metrics, what="the run's metrics")
+        """Merge one stage's results into ``metrics.json`` (written atomically), under a lock: stages that
+        run side by side (:mod:`kdiqa.stages.side_by_side`) would otherwise each drop the other's entry."""
+        try:
+            with FileLock(self.metrics_lock):
+                metrics = self.read_metrics()
+                metrics[key] = value
+                write_json(self.metrics, metrics, what="the run's metrics")
+        except OSError as exc:  # the lock file could not be made: a read-only or full disk
+            raise write_error(self.metrics, "the run's metrics", exc) from None
         return metrics
 
 

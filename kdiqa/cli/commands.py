@@ -23,6 +23,7 @@ from kdiqa.export import export_student
 from kdiqa.registry import DATASETS, LOSSES, STUDENTS, TEACHERS
 from kdiqa.run import prepare_run
 from kdiqa.stages import STAGES, check_stages
+from kdiqa.stages.side_by_side import SEPARATOR, run_side_by_side
 from kdiqa.teachers.base import Teacher
 
 
@@ -51,11 +52,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     stages = list(args.stages.split(",")) if args.stages else list(recipe.stages)
     if not stages:
         raise KdiqaError(f"{args.recipe}: the recipe names no stages (set `stages: [...]` or pass --stages)")
-    check_stages(stages)
+    check_stages(stages, recipe)
     run = prepare_run(recipe)
-    for name in stages:
-        print(f"== stage {name} ({run.root})", flush=True)
-        _print_table(STAGES[name](recipe, run))
+    for entry in stages:
+        print(f"== stage {entry} ({run.root})", flush=True)
+        names = entry.split(SEPARATOR)
+        if len(names) == 1:
+            _print_table(STAGES[entry](recipe, run))
+            continue
+        for name, result in zip(names, run_side_by_side({n: STAGES[n] for n in names}, recipe, run, args.verbose), strict=True):
+            print(f"-- {name}")
+            _print_table(result)
     print(f"run folder: {run.root}")
     return 0
 

@@ -1,0 +1,67 @@
+"""Stages side by side (``distill+baseline``): one process each, the same results as one after the other."""
+import json
+
+import pytest
+import torch
+
+from kdiqa.cli.main import main
+from kdiqa.config import load_recipe
+from kdiqa.errors import ConfigError
+from kdiqa.registry import TEACHERS
+from kdiqa.run import RunDir, prepare_run
+from kdiqa.stages import check_stages, stage_baseline, stage_cache, stage_distill
+
+KD_SETTINGS = [
+    "student.options.backbone=kdiqa_cnn_tiny",
+    "distill.features=[{target: quality_map, tap: -1, kind: conv, loss: mse, weight: 1.0}]",
+    "cache.batch_size=16",
+    "trainer.max_epochs=2",
+    "threads=1",
+]
+
+
+def test_two_students_side_by_side_match_one_after_the_other(toy_recipe, tmp_path, capsys):
+    recipe = load_recipe(toy_recipe, KD_SETTINGS)
+    run = prepare_run(recipe)
+    torch.manual_seed(0)
+    TEACHERS.build("toy").save_pretrained(run.teacher)
+    stage_cache(recipe, run)
+    serial = {"student_kd": stage_distill(recipe, run), "student_label_only": stage_baseline(recipe, run)}
+
+    other = tmp_path / "side_by_side"
+    shared = [f"teacher.checkpoint={run.teacher}", f"cache.path={run.cache}", f"out={other}"]
+    assert main(["run", str(toy_recipe), *KD_SETTINGS, *shared, "stages=[distill+baseline]"]) == 0
+    out = capsys.readouterr().out
+    assert "== stage distill+baseline" in out and "-- distill" in out and "-- baseline" in out
+    metrics = json.loads(RunDir(other).metrics.read_text())  # both entries: each process kept the other's
+    for key, result in serial.items():
+        for split in ("val", "test"):
+            assert metrics[key][split]["srcc"] == result[split]["srcc"]
+            assert metrics[key][split]["plcc"] == result[split]["plcc"]
+    assert (other / "students" / "kd").is_dir() and (other / "students" / "label_only").is_dir()
+
+
+def test_a_failing_stage_stops_its_group_with_one_line(toy_recipe, tmp_path, capsys):
+    # a teacher but no cache: distill fails at once with its one-line user error; baseline, still training, is stopped
+    recipe = load_recipe(toy_recipe, KD_SETTINGS)
+    TEACHERS.build("toy").save_pretrained(prepare_run(recipe).teacher)
+    assert main(["run", str(toy_recipe), *KD_SETTINGS, "trainer.max_epochs=500", "stages=[distill+baseline]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("kdiqa: error: ") and len(err.splitlines()) == 1 and "kdiqa cache" in err
+    assert not (tmp_path / "run" / "students" / "label_only").exists()
+
+
+@pytest.mark.parametrize("entries, message", [
+    (["cache+distill"], "'cache' cannot run side by side"),
+    (["distill+distill"], "names a stage twice"),
+    (["distill+baselin"], "unknown stage 'baselin'; did you mean 'baseline'"),
+])
+def test_groups_are_checked(entries, message):
+    with pytest.raises(ConfigError, match=message):
+        check_stages(entries)
+
+
+def test_a_group_needs_one_device_per_process(toy_recipe):
+    recipe = load_recipe(toy_recipe, ["trainer.devices=2"])
+    with pytest.raises(ConfigError, match="needs trainer.devices: 1"):
+        check_stages(["distill+baseline"], recipe)

@@ -76,7 +76,9 @@ def test_groups_are_checked(entries, message):
         check_stages(entries)
 
 
-def test_a_group_needs_one_device_per_process(toy_recipe):
-    recipe = load_recipe(toy_recipe, ["trainer.devices=2"])
+@pytest.mark.parametrize("setting", ["trainer.devices=2", "distill.fit.trainer.devices=2"])
+def test_a_group_needs_one_device_per_process(toy_recipe, setting):
+    recipe = load_recipe(toy_recipe, [setting])
     with pytest.raises(ConfigError, match="needs trainer.devices: 1"):
         check_stages(["distill+baseline"], recipe)
+    check_stages(["distill", "baseline"], recipe)  # one after the other: fine

@@ -42,10 +42,13 @@ def check_group(names: list[str], recipe: Recipe | None = None) -> None:
     if others:
         raise ConfigError(f"stages: {entry!r}: {others[0]!r} cannot run side by side with another stage "
                           f"(only {', '.join(INDEPENDENT)} can: they read earlier stages' outputs, never each other's)")
-    if recipe is not None and (recipe.trainer.devices not in (1, "1") or recipe.trainer.num_nodes != 1):
+    if recipe is None:
+        return
+    students = {**vars(recipe.trainer), **dict(recipe.distill.fit.trainer)}  # what distill and baseline train with
+    if students["devices"] not in (1, "1") or students["num_nodes"] != 1:
         raise ConfigError(f"stages: {entry!r} runs one process per stage, each on one device; it needs "
-                          f"trainer.devices: 1 and trainer.num_nodes: 1 (got {recipe.trainer.devices}, "
-                          f"{recipe.trainer.num_nodes}): list the stages one after the other instead")
+                          f"trainer.devices: 1 and trainer.num_nodes: 1 (got {students['devices']}, "
+                          f"{students['num_nodes']}): list the stages one after the other instead")
 
 
 def run_side_by_side(stages: dict[str, Callable[..., dict[str, Any]]], recipe: Recipe, run: RunDir,
@@ -57,7 +60,8 @@ def run_side_by_side(stages: dict[str, Callable[..., dict[str, Any]]], recipe: R
     try:
         for name in names:
             receive, send = ctx.Pipe(duplex=False)
-            process = ctx.Process(target=_stage_process, args=(name, stages[name], recipe, run, verbose, multiprocessing.get_start_method(), send), name=f"kdiqa {name}")
+            args = (name, stages[name], recipe, run, verbose, multiprocessing.get_start_method(), send)
+            process = ctx.Process(target=_stage_process, args=args, name=f"kdiqa {name}")
             process.start()
             send.close()  # this process only receives: the pipe ends when the child's end closes
             started.append((name, process, receive))

@@ -96,6 +96,15 @@ def test_worker_processes_build_the_same_bytes(built, tmp_path, monkeypatch):
         assert (folder / f).read_bytes() == (tmp_path / "pool-in-process" / f).read_bytes()
 
 
+def test_large_builds_use_one_worker_per_core_small_ones_none(monkeypatch):
+    from kdiqa.data.mini.workers import MIN_PARALLEL_IMAGES, default_workers
+
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert default_workers(MIN_PARALLEL_IMAGES - 1) == 0 and default_workers(MIN_PARALLEL_IMAGES) == 3
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0}, raising=False)
+    assert default_workers(100_000) == 0
+
+
 def test_split_by_photograph(built):
     meta = json.loads((built.parent / "meta.json").read_text())
     groups = {split: {r["group"] for r in _rows(built) if r["split"] == split} for split in ("train", "val", "test")}

@@ -47,6 +47,7 @@ from kdiqa.cache import layout as L  # noqa: E402
 from kdiqa.cache import partial as P  # noqa: E402
 from kdiqa.cache.quantize import channels  # noqa: E402
 from kdiqa.config import load_recipe  # noqa: E402
+from kdiqa.console import setup_console  # noqa: E402
 from kdiqa.measure import machine_context  # noqa: E402
 from kdiqa.run import prepare_run  # noqa: E402
 from kdiqa.stages import stage_cache, stage_distill  # noqa: E402
@@ -144,6 +145,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", help="student seeds (default: the recipe's); the cache is the same")
     parser.add_argument("overrides", nargs="*", help="recipe overrides (every dtype gets them)")
     args = parser.parse_args()
+    setup_console()  # the stages' Lightning chatter stays out of the benchmark's output, as in `kdiqa`
     print(f"$ .venv/bin/python benchmarks/cache_compact.py {shlex.join(sys.argv[1:])}")
     if Path(args.out).resolve() == (REPO / "runs" / "quickstart").resolve():
         raise SystemExit("--out: not the quickstart's own run folder")

@@ -44,6 +44,7 @@ sys.path.insert(0, str(REPO))
 
 from kdiqa.cache import CachedViews  # noqa: E402
 from kdiqa.config import load_recipe  # noqa: E402
+from kdiqa.console import setup_console  # noqa: E402
 from kdiqa.data.datamodule import IQADataModule, make_sampler  # noqa: E402
 from kdiqa.data.mini import make_mini  # noqa: E402
 from kdiqa.distill.module import DistillModule  # noqa: E402
@@ -123,6 +124,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--skip-sd", action="store_true", help="skip the SD-1.5 FLOP arithmetic")
     args = parser.parse_args()
+    setup_console()  # the stages' Lightning chatter stays out of the benchmark's output, as in `kdiqa`
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")  # Lightning's advice about workers and logging intervals
     import logging

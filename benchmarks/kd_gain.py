@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from kdiqa.config import load_recipe
+from kdiqa.console import setup_console
 from kdiqa.data.mini import PHOTO_KINDS, load_photographs, split_photographs
 from kdiqa.run import prepare_run
 from kdiqa.stages import stage_baseline, stage_cache, stage_distill, stage_eval
@@ -66,6 +67,7 @@ def main() -> None:
     parser.add_argument("--pool-folds", type=int, nargs="+", default=[0], help="the folds of the pool-size curve")
     parser.add_argument("overrides", nargs="*", help="recipe overrides, e.g. distill.fit.trainer.max_steps=300")
     args = parser.parse_args()
+    setup_console()  # the stages' Lightning chatter stays out of the benchmark's output, as in `kdiqa`
 
     base = load_recipe(args.recipe, args.overrides)
     n_labelled = int(base.data.options["n_train"])

@@ -60,7 +60,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if len(names) == 1:
             _print_table(STAGES[entry](recipe, run))
             continue
-        for name, result in zip(names, run_side_by_side({n: STAGES[n] for n in names}, recipe, run, args.verbose), strict=True):
+        results = run_side_by_side({n: STAGES[n] for n in names}, recipe, run, args.verbose)
+        for name, result in zip(names, results, strict=True):
             print(f"-- {name}")
             _print_table(result)
     print(f"run folder: {run.root}")

@@ -57,12 +57,18 @@ def test_each_process_starts_its_workers_as_the_command_does_on_the_recipes_thre
 
 
 def test_a_failing_stage_stops_its_group_with_one_line(toy_recipe, tmp_path, capsys):
-    # a teacher but no cache: distill fails at once with its one-line user error; baseline, still training, is stopped
+    # a cache made for other views: distill refuses it at once with its one-line error, while baseline (which
+    # reads only the targets' shapes from the cache; the stage processes have no toy teacher) trains, and is stopped
     recipe = load_recipe(toy_recipe, KD_SETTINGS)
-    TEACHERS.build("toy").save_pretrained(prepare_run(recipe).teacher)
-    assert main(["run", str(toy_recipe), *KD_SETTINGS, "trainer.max_epochs=500", "stages=[distill+baseline]"]) == 2
+    run = prepare_run(recipe)
+    TEACHERS.build("toy").save_pretrained(run.teacher)
+    stage_cache(recipe, run)
+    capsys.readouterr()
+    other_views = [*KD_SETTINGS, "views.train_scale=[0.5,1.0]", "trainer.max_epochs=500", "stages=[distill+baseline]"]
+    assert main(["run", str(toy_recipe), *other_views]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("kdiqa: error: ") and len(err.splitlines()) == 1 and "kdiqa cache" in err
+    assert err.startswith("kdiqa: error: ") and len(err.splitlines()) == 1
+    assert "changed since the cache was written" in err
     assert not (tmp_path / "run" / "students" / "label_only").exists()
 
 

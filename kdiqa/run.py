@@ -120,6 +120,11 @@ def prepare_run(recipe: Recipe) -> RunDir:
         raise write_error(run.root, "the run folder", exc) from None
     save_recipe(recipe, run.recipe)
     seed_stage(recipe)
+    use_recipe_threads(recipe)
+    return run
+
+
+def use_recipe_threads(recipe: Recipe) -> None:
+    """torch CPU threads as the recipe's ``threads`` says (null: torch's default)."""
     if recipe.threads is not None:
         torch.set_num_threads(max(1, recipe.threads))
-    return run

@@ -23,7 +23,7 @@ from kdiqa.export import export_student
 from kdiqa.registry import DATASETS, LOSSES, STUDENTS, TEACHERS
 from kdiqa.run import prepare_run
 from kdiqa.stages import STAGES, check_stages
-from kdiqa.stages.side_by_side import SEPARATOR, run_side_by_side
+from kdiqa.stages.side_by_side import run_side_by_side
 from kdiqa.teachers.base import Teacher
 
 
@@ -52,11 +52,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     stages = list(args.stages.split(",")) if args.stages else list(recipe.stages)
     if not stages:
         raise KdiqaError(f"{args.recipe}: the recipe names no stages (set `stages: [...]` or pass --stages)")
-    check_stages(stages, recipe)
+    groups = check_stages(stages, recipe)
     run = prepare_run(recipe)
-    for entry in stages:
+    for entry, names in zip(stages, groups, strict=True):
         print(f"== stage {entry} ({run.root})", flush=True)
-        names = entry.split(SEPARATOR)
         if len(names) == 1:
             _print_table(STAGES[entry](recipe, run))
             continue

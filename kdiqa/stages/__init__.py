@@ -31,14 +31,16 @@ STAGES: dict[str, Callable[..., dict[str, Any]]] = {
 }
 
 
-def check_stages(entries: list[str], recipe: Recipe | None = None) -> None:
-    """Known stage names; ``a+b`` runs stages a and b side by side (:mod:`kdiqa.stages.side_by_side`)."""
-    for entry in entries:
-        names = entry.split(SEPARATOR)
+def check_stages(entries: list[str], recipe: Recipe | None = None) -> list[list[str]]:
+    """The stage list as groups of names, each name known; ``a+b`` runs stages a and b side by side
+    (:mod:`kdiqa.stages.side_by_side`), a group of one runs alone."""
+    groups = [entry.split(SEPARATOR) for entry in entries]
+    for names in groups:
         for name in names:
             _check_name(name)
         if len(names) > 1:
             check_group(names, recipe)
+    return groups
 
 
 def _check_name(name: str) -> None:

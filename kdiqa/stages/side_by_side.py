@@ -20,12 +20,11 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
-import torch
-
 from kdiqa.config import Recipe
 from kdiqa.console import force_plain_progress, setup_console
 from kdiqa.errors import ConfigError, KdiqaError
-from kdiqa.run import RunDir
+from kdiqa.run import RunDir, use_recipe_threads
+from kdiqa.trainer import merge_trainer
 
 # Stages that only read what earlier stages wrote and write only their own outputs, so that any of
 # them may run beside another: the students' fits and the evaluation of the teacher.
@@ -44,11 +43,11 @@ def check_group(names: list[str], recipe: Recipe | None = None) -> None:
                           f"(only {', '.join(INDEPENDENT)} can: they read earlier stages' outputs, never each other's)")
     if recipe is None:
         return
-    students = {**vars(recipe.trainer), **dict(recipe.distill.fit.trainer)}  # what distill and baseline train with
-    if students["devices"] not in (1, "1") or students["num_nodes"] != 1:
+    students = merge_trainer(recipe.trainer, recipe.distill.fit.trainer)  # what distill and baseline train with
+    if students.devices not in (1, "1") or students.num_nodes != 1:
         raise ConfigError(f"stages: {entry!r} runs one process per stage, each on one device; it needs "
-                          f"trainer.devices: 1 and trainer.num_nodes: 1 (got {students['devices']}, "
-                          f"{students['num_nodes']}): list the stages one after the other instead")
+                          f"trainer.devices: 1 and trainer.num_nodes: 1 (got {students.devices}, "
+                          f"{students.num_nodes}): list the stages one after the other instead")
 
 
 def run_side_by_side(stages: dict[str, Callable[..., dict[str, Any]]], recipe: Recipe, run: RunDir,
@@ -100,8 +99,7 @@ def _stage_process(name: str, stage: Callable[..., dict[str, Any]], recipe: Reci
     multiprocessing.set_start_method(start_method, force=True)
     setup_console(verbose)
     force_plain_progress()  # two bars on one terminal would overwrite each other: plain lines, each naming its stage
-    if recipe.threads is not None:
-        torch.set_num_threads(max(1, recipe.threads))
+    use_recipe_threads(recipe)
     try:
         outcome: tuple[bool, Any] = (True, stage(recipe, run))
     except KeyboardInterrupt:

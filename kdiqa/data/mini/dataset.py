@@ -22,14 +22,13 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from kdiqa.data.distortions import DISTORTIONS
 from kdiqa.data.formats.csv_generic import load_csv
 from kdiqa.data.mini.label import LABEL_BATCH, LABEL_DEFINITION, pseudo_mos
 from kdiqa.data.mini.photographs import held_out_split, load_photographs, photo_images, split_photographs
 from kdiqa.data.mini.synthesis import CLEAN_FRACTION, MIN_GRADIENT, MIN_STD, SampleSpec, make_sample
-from kdiqa.data.mini.workers import CHUNK, default_workers, run_jobs
+from kdiqa.data.mini.workers import CHUNK, run_jobs
 from kdiqa.data.sample import SPLITS, LoadedDataset
 from kdiqa.errors import DataError
 from kdiqa.io import atomic_folder
@@ -133,10 +132,7 @@ def make_mini(
             for start in range(0, counts[split], CHUNK):
                 stop = min(start + CHUNK, counts[split])
                 jobs.append((str(tmp), split, split_index, start, stop, size, seed, splits[split]))
-        total = sum(counts.values())
-        with tqdm(total=total, desc="mini dataset", unit="img", leave=False, disable=None if progress else True) as bar:
-            results = run_jobs(_build_chunk, jobs, default_workers(total) if workers is None else workers,
-                               lambda job: bar.update(job[4] - job[3]))
+        results = run_jobs(_build_chunk, jobs, [job[4] - job[3] for job in jobs], workers, "mini dataset", progress)
         _write_tables(tmp, jobs, results)
         per_type: dict[str, int] = {}
         for _, specs in results:

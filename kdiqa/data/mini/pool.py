@@ -31,13 +31,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm.auto import tqdm
 
 from kdiqa.data.mini.dataset import KIND, read_meta
 from kdiqa.data.mini.dead_leaves import SHARE as DEAD_LEAVES_SHARE
 from kdiqa.data.mini.photographs import load_photographs, photo_images
 from kdiqa.data.mini.stream import augmented_sample
-from kdiqa.data.mini.workers import CHUNK, default_workers, run_jobs
+from kdiqa.data.mini.workers import CHUNK, run_jobs
 from kdiqa.errors import DataError
 from kdiqa.io import atomic_folder
 
@@ -81,9 +80,7 @@ def _build(folder: Path, params: dict, progress: bool, workers: int | None) -> N
         (tmp / "images").mkdir()
         n = params["n"]
         jobs = [(str(tmp), start, min(start + CHUNK, n), params) for start in range(0, n, CHUNK)]
-        with tqdm(total=n, desc="mini unlabelled pool", unit="img", leave=False, disable=None if progress else True) as bar:
-            groups = run_jobs(_build_chunk, jobs, default_workers(n) if workers is None else workers,
-                              lambda job: bar.update(job[2] - job[1]))
+        groups = run_jobs(_build_chunk, jobs, [job[2] - job[1] for job in jobs], workers, "mini unlabelled pool", progress)
         listing = io.StringIO(newline="")
         writer = csv.writer(listing, lineterminator="\n")
         writer.writerow(["path", "group"])

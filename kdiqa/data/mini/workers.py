@@ -15,6 +15,7 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 CHUNK = 256  # images per job: the unit of work of a worker process and of the progress bar
 # Below this many images a build takes about as long as starting the processes (~2 s: each imports torch).
@@ -34,25 +35,30 @@ def one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], workers: int, on_done: Callable[[tuple], Any]) -> list[Any]:
-    """``[fn(*job) for job in jobs]``, in ``workers`` processes when > 0; ``on_done(job)`` after each, in order."""
-    if workers <= 0 or len(jobs) < 2:
-        threads = torch.get_num_threads()
-        one_thread()
-        try:
+def run_jobs(fn: Callable[..., Any], jobs: Sequence[tuple], counts: Sequence[int], workers: int | None,
+             desc: str, progress: bool) -> list[Any]:
+    """``[fn(*job) for job in jobs]``, in ``workers`` processes (None: :func:`default_workers`), with a
+    progress bar ``desc`` advanced by ``counts[i]`` images as job ``i`` finishes (in order)."""
+    total = sum(counts)
+    workers = default_workers(total) if workers is None else workers
+    with tqdm(total=total, desc=desc, unit="img", leave=False, disable=None if progress else True) as bar:
+        if workers <= 0 or len(jobs) < 2:
+            threads = torch.get_num_threads()
+            one_thread()
+            try:
+                results = []
+                for job, count in zip(jobs, counts, strict=True):
+                    results.append(fn(*job))
+                    bar.update(count)
+                return results
+            finally:
+                torch.set_num_threads(threads)
+        methods = multiprocessing.get_all_start_methods()
+        ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=one_thread) as pool:
+            futures = [pool.submit(fn, *job) for job in jobs]
             results = []
-            for job in jobs:
-                results.append(fn(*job))
-                on_done(job)
+            for fut, count in zip(futures, counts, strict=True):
+                results.append(fut.result())
+                bar.update(count)
             return results
-        finally:
-            torch.set_num_threads(threads)
-    methods = multiprocessing.get_all_start_methods()
-    ctx = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=one_thread) as pool:
-        futures = [pool.submit(fn, *job) for job in jobs]
-        results = []
-        for job, fut in zip(jobs, futures, strict=True):
-            results.append(fut.result())
-            on_done(job)
-        return results
